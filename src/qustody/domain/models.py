@@ -1,0 +1,138 @@
+"""Value objects shared across layers. Pure data; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from qustody.domain.ids import JobId, PrincipalId, ProjectId, TenantId
+from qustody.domain.vocabulary import Action, DataClass, Role
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as established by a verified token.
+
+    Built only by the identity layer; code past authentication never sees a
+    raw token or a claims dict.
+    """
+
+    id: PrincipalId
+    tenant_id: TenantId
+    name: str
+    kind: Literal["user", "workload", "operator"]
+    token_id: str | None
+    scopes: frozenset[str]
+    auth_method: str
+    #: Roles held tenant-wide (``tenant-admin``, ``platform-admin``).
+    tenant_roles: frozenset[Role] = frozenset()
+    #: Roles held per project.
+    project_roles: tuple[tuple[ProjectId, Role], ...] = ()
+
+    def roles_for(self, project_id: ProjectId | None) -> frozenset[Role]:
+        roles = set(self.tenant_roles)
+        if project_id is not None:
+            roles.update(role for pid, role in self.project_roles if pid == project_id)
+        return frozenset(roles)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """What an action is aimed at, as the policy engine sees it.
+
+    ``tenant_id`` is None only for platform resources (the backend catalogue,
+    the tenant list).
+    """
+
+    type: Literal["platform", "tenant", "project", "job", "backend", "principal", "token"]
+    id: str
+    tenant_id: TenantId | None
+    project_id: ProjectId | None = None
+    data_class: DataClass | None = None
+    owner_id: PrincipalId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    action: Action
+    #: Ids of the policies that decided (the permits that allowed, or the
+    #: forbids that denied; empty when nothing permitted: default deny).
+    policy_ids: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Where a request came from; travels with it for audit."""
+
+    request_id: str
+    client_addr: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitInfo:
+    """A circuit that passed validation, in the form the executor receives.
+
+    ``source`` is the client's OpenQASM text, byte for byte; it is stored only
+    encrypted, and ``sha256`` is what the audit log carries instead.
+    """
+
+    format: Literal["qasm2", "qasm3"]
+    source: str
+    sha256: str
+    num_qubits: int
+    num_clbits: int
+    gate_count: int
+    depth: int
+    #: Classical registers in declaration order: (name, size).
+    clbit_registers: tuple[tuple[str, int], ...] = ()
+    #: Distinct operation names used (e.g. ``h``, ``cx``, ``measure``).
+    operations: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    name: str
+    description: str
+    provider: str
+    simulator: bool
+    max_qubits: int
+    max_shots: int
+    basis_gates: tuple[str, ...]
+    method: str
+    online: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRequest:
+    """Everything a sandbox receives: one job's circuit and options, nothing else."""
+
+    job_id: JobId
+    backend: str
+    circuit: str
+    circuit_format: Literal["qasm2", "qasm3"]
+    shots: int
+    seed: int | None = None
+    memory: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    counts: dict[str, int]
+    memory: list[str] | None
+    clbit_registers: tuple[tuple[str, int], ...]
+    backend: str
+    shots: int
+    seed: int
+    method: str
+    simulator_version: str
+    execution_seconds: float
+    metadata: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFailure:
+    code: str
+    detail: str

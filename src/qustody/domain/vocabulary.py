@@ -1,0 +1,113 @@
+"""One vocabulary, shaped ``resource:action``.
+
+The same names serve as Cedar actions (what a principal may do), token scopes
+(the ``resource`` half) and audit event types (what happened). Keeping them in
+one enum means a new endpoint cannot invent a permission the policy engine and
+the audit log do not know.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Action(StrEnum):
+    # platform administration
+    TENANT_CREATE = "tenant:create"
+    TENANT_LIST = "tenant:list"
+    TENANT_READ = "tenant:read"
+    # tenant administration
+    PROJECT_CREATE = "project:create"
+    PROJECT_LIST = "project:list"
+    PROJECT_READ = "project:read"
+    MEMBER_ADD = "member:add"
+    MEMBER_LIST = "member:list"
+    # identity
+    TOKEN_ISSUE = "token:issue"
+    TOKEN_REVOKE = "token:revoke"
+    AUTH_FAIL = "auth:fail"
+    ADMIN_INIT = "admin:init"
+    # backends
+    BACKEND_LIST = "backend:list"
+    BACKEND_READ = "backend:read"
+    # jobs, as requested by callers
+    JOB_SUBMIT = "job:submit"
+    JOB_LIST = "job:list"
+    JOB_READ = "job:read"
+    JOB_CANCEL = "job:cancel"
+    RESULT_READ = "result:read"
+    # job lifecycle transitions, recorded by the system
+    JOB_VALIDATE = "job:validate"
+    JOB_REJECT = "job:reject"
+    JOB_QUEUE = "job:queue"
+    JOB_START = "job:start"
+    JOB_COMPLETE = "job:complete"
+    JOB_FAIL = "job:fail"
+    JOB_REQUEUE = "job:requeue"
+
+    @property
+    def resource(self) -> str:
+        """The resource half, which is also the token scope that covers it."""
+        return self.value.split(":", 1)[0]
+
+
+#: Scopes a token may carry. ``*`` covers every action the roles allow.
+SCOPES: frozenset[str] = frozenset({a.resource for a in Action} | {"*"})
+
+
+class Role(StrEnum):
+    PLATFORM_ADMIN = "platform-admin"
+    TENANT_ADMIN = "tenant-admin"
+    DEVELOPER = "developer"
+    VIEWER = "viewer"
+
+
+class DataClass(StrEnum):
+    PUBLIC = "public"
+    INTERNAL = "internal"
+    CONFIDENTIAL = "confidential"
+    RESTRICTED = "restricted"
+
+
+class JobState(StrEnum):
+    SUBMITTED = "submitted"
+    VALIDATED = "validated"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED})
+
+#: The lifecycle as a graph: a transition not listed here is a bug.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.SUBMITTED: frozenset({JobState.VALIDATED, JobState.REJECTED}),
+    JobState.VALIDATED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
+    ),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.REJECTED: frozenset(),
+}
+
+#: The audit event type that records entering each state.
+TRANSITION_EVENT: dict[JobState, Action] = {
+    JobState.SUBMITTED: Action.JOB_SUBMIT,
+    JobState.VALIDATED: Action.JOB_VALIDATE,
+    JobState.QUEUED: Action.JOB_QUEUE,
+    JobState.RUNNING: Action.JOB_START,
+    JobState.COMPLETED: Action.JOB_COMPLETE,
+    JobState.FAILED: Action.JOB_FAIL,
+    JobState.CANCELLED: Action.JOB_CANCEL,
+    JobState.REJECTED: Action.JOB_REJECT,
+}

@@ -1,0 +1,179 @@
+"""Tables.
+
+Every row that belongs to a tenant carries ``tenant_id``, and every query on
+such a table goes through :mod:`qustody.storage.repositories`, which scopes it.
+Payloads (circuits, results) never appear here in clear: ``sealed_objects``
+holds only envelope-encrypted bytes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Id = String(40)
+Timestamp = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    data_class: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Principal(Base):
+    __tablename__ = "principals"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Membership(Base):
+    """A role held by a principal: tenant-wide when ``project_id`` is null."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("principal_id", "project_id", "role"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    role: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class IssuedToken(Base):
+    """What was issued, for revocation and review; never the token itself."""
+
+    __tablename__ = "issued_tokens"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
+    scopes: Mapped[str] = mapped_column(String(512))
+    issued_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
+        Index("ix_jobs_state_queued_at", "state", "queued_at"),
+    )
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
+    project_id: Mapped[str] = mapped_column(Id, ForeignKey("projects.id"))
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
+    backend: Mapped[str] = mapped_column(String(64))
+    shots: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    circuit_format: Mapped[str] = mapped_column(String(16))
+    circuit_sha256: Mapped[str] = mapped_column(String(64))
+    num_qubits: Mapped[int] = mapped_column(Integer)
+    num_clbits: Mapped[int] = mapped_column(Integer)
+    gate_count: Mapped[int] = mapped_column(Integer)
+    depth: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    queued_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class JobTransition(Base):
+    __tablename__ = "job_transitions"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(Id, ForeignKey("jobs.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class SealedObject(Base):
+    """An envelope-encrypted payload: ``(object_id, field)`` is also bound into
+    the ciphertext's associated data, so a blob moved to another row fails."""
+
+    __tablename__ = "sealed_objects"
+    object_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    field: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(80))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    plaintext_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class AuditEvent(Base):
+    """Append-only: database triggers refuse UPDATE and DELETE."""
+
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    event_type: Mapped[str] = mapped_column(String(48), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
+    actor_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor_tenant_id: Mapped[str | None] = mapped_column(Id, nullable=True)
+    auth_method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    token_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    resource_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    policy_ids: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
+    payload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
