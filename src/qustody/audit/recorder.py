@@ -1,0 +1,86 @@
+"""Writing audit events.
+
+An event is written on the caller's session, inside the same transaction as
+the state change it describes: both commit or neither does. Events carry
+identifiers and SHA-256 digests, never payloads, secrets or tokens; the
+types here have no field that could hold one.
+
+The Merkle tree, signed checkpoints and exports build on this table later;
+its rows are append-only (database triggers refuse UPDATE and DELETE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from qustody.domain.models import Decision, Principal, RequestContext
+from qustody.domain.vocabulary import Action
+from qustody.storage.models import AuditEvent
+
+Outcome = Literal["success", "failure", "denied"]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who caused an event: a principal, or the system itself (a worker)."""
+
+    id: str
+    tenant_id: str | None = None
+    auth_method: str | None = None
+    token_id: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal) -> Actor:
+        return cls(principal.id, principal.tenant_id, principal.auth_method, principal.token_id)
+
+    @classmethod
+    def system(cls, name: str) -> Actor:
+        return cls(name, None, "system", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    type: str
+    id: str | None
+    tenant_id: str | None = None
+
+
+def record(
+    session: Session,
+    event_type: Action,
+    *,
+    actor: Actor,
+    outcome: Outcome = "success",
+    target: Target | None = None,
+    decision: Decision | None = None,
+    request: RequestContext | None = None,
+    job_id: str | None = None,
+    payload_sha256: str | None = None,
+    reason: str | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            at=datetime.now(UTC),
+            event_type=event_type.value,
+            tenant_id=target.tenant_id if target else actor.tenant_id,
+            actor_id=actor.id,
+            actor_tenant_id=actor.tenant_id,
+            auth_method=actor.auth_method,
+            token_id=actor.token_id,
+            client_addr=request.client_addr if request else None,
+            user_agent=(request.user_agent or "")[:256] or None if request else None,
+            resource_type=target.type if target else None,
+            resource_id=target.id if target else None,
+            decision=None if decision is None else ("allow" if decision.allowed else "deny"),
+            policy_ids=",".join(decision.policy_ids) if decision else None,
+            outcome=outcome,
+            reason=reason[:512] if reason else None,
+            request_id=request.request_id if request else None,
+            job_id=job_id,
+            payload_sha256=payload_sha256,
+        )
+    )

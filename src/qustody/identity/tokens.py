@@ -1,0 +1,259 @@
+"""Qustody-issued bearer tokens.
+
+A token is a JWT signed with Ed25519 (alg ``Ed25519``, the fully specified
+EdDSA identifier of RFC 9864), living at most 15 minutes, bound to one
+principal (``sub``) and one tenant (``tid``), with a ``jti`` recorded at issue
+so it can be revoked and so a token Qustody never issued is refused even if
+its signature verifies.
+
+The raw token string stops here: :meth:`TokenService.authenticate` returns a
+:class:`~qustody.domain.models.Principal` and nothing downstream sees the
+token or its claims.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import OKPKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from qustody.domain.errors import ConfigurationError
+from qustody.domain.ids import PrincipalId, ProjectId, TenantId
+from qustody.domain.models import Principal
+from qustody.domain.vocabulary import SCOPES, Role
+from qustody.identity.errors import (
+    ExpiredToken,
+    InvalidScope,
+    InvalidToken,
+    InvalidTTL,
+    MalformedToken,
+    RevokedToken,
+)
+from qustody.storage import models as m
+from qustody.storage.db import Database
+
+ALGORITHM = "Ed25519"
+_COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+MAX_TOKEN_BYTES = 4096
+
+
+class SigningKey:
+    """The Ed25519 key that signs tokens. Its ``repr`` never shows key material."""
+
+    def __init__(self, key: OKPKey) -> None:
+        if key.curve_name != "Ed25519" or not key.is_private:
+            raise ConfigurationError("the token signing key must be an Ed25519 private key")
+        self._key = key
+        self.kid = key.thumbprint()
+
+    def __repr__(self) -> str:
+        return f"SigningKey(kid={self.kid!r})"
+
+    @property
+    def jwk(self) -> OKPKey:
+        return self._key
+
+    @classmethod
+    def load(cls, path: Path, *, create: bool) -> SigningKey:
+        """Load a PEM key; with ``create`` (development), make one if absent."""
+        if not path.exists():
+            if not create:
+                raise ConfigurationError(
+                    f"token signing key file {path} does not exist; create an Ed25519 "
+                    "private key (PEM) there, readable only by the gateway."
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            key = OKPKey.generate_key("Ed25519")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(key.as_pem(private=True))
+            return cls(key)
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                f"token signing key file {path} is readable by other users; chmod 600 it."
+            )
+        return cls(OKPKey.import_key(path.read_bytes()))
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A freshly issued token. ``repr`` hides the token itself."""
+
+    token: str
+    jti: str
+    principal_id: str
+    tenant_id: str
+    scopes: tuple[str, ...]
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return (
+            f"IssuedToken(jti={self.jti!r}, principal_id={self.principal_id!r}, token=<redacted>)"
+        )
+
+
+def parse_scopes(scopes: Iterable[str] | None) -> tuple[str, ...]:
+    wanted = tuple(sorted(set(scopes or ("*",))))
+    unknown = [s for s in wanted if s not in SCOPES]
+    if unknown or not wanted:
+        raise InvalidScope(
+            f"scopes {unknown} are not known; use any of {sorted(SCOPES)} ('*' for all)",
+            field="scopes",
+        )
+    return wanted
+
+
+class TokenService:
+    def __init__(
+        self,
+        db: Database,
+        key: SigningKey,
+        *,
+        issuer: str,
+        audience: str,
+        max_ttl_seconds: int = 900,
+    ) -> None:
+        self._db = db
+        self._key = key
+        self._issuer = issuer
+        self._audience = audience
+        self.max_ttl_seconds = max_ttl_seconds
+
+    def issue(
+        self,
+        session: Session,
+        *,
+        principal_id: str,
+        tenant_id: str,
+        scopes: Iterable[str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> IssuedToken:
+        """Sign a token and record its ``jti`` on ``session`` (commit with the caller)."""
+        ttl = self.max_ttl_seconds if ttl_seconds is None else ttl_seconds
+        if not 1 <= ttl <= self.max_ttl_seconds:
+            raise InvalidTTL(
+                f"ttl_seconds is {ttl}; tokens live between 1 and {self.max_ttl_seconds} "
+                "seconds. Ask for a shorter lifetime.",
+                field="ttl_seconds",
+            )
+        scope_list = parse_scopes(scopes)
+        now = datetime.now(UTC).replace(microsecond=0)
+        expires = now + timedelta(seconds=ttl)
+        jti = secrets.token_urlsafe(18)
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": principal_id,
+            "tid": tenant_id,
+            "jti": jti,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "scope": " ".join(scope_list),
+        }
+        header = {"alg": ALGORITHM, "kid": self._key.kid, "typ": "JWT"}
+        token = jwt.encode(header, claims, self._key.jwk, algorithms=[ALGORITHM])
+        session.add(
+            m.IssuedToken(
+                jti=jti,
+                tenant_id=tenant_id,
+                principal_id=principal_id,
+                scopes=" ".join(scope_list),
+                issued_at=now,
+                expires_at=expires,
+            )
+        )
+        return IssuedToken(token, jti, principal_id, tenant_id, scope_list, expires)
+
+    def _claims(self, token: str) -> dict[str, object]:
+        if len(token) > MAX_TOKEN_BYTES or not _COMPACT_JWS.fullmatch(token):
+            raise MalformedToken(
+                "the bearer token is not a compact JWT; send the token Qustody issued, "
+                "as 'Authorization: Bearer <token>'."
+            )
+        try:
+            decoded = jwt.decode(token, self._key.jwk, algorithms=[ALGORITHM])
+        except JoseError:
+            raise InvalidToken(
+                "the bearer token's signature does not verify; ask Qustody for a new token."
+            ) from None
+        except (ValueError, TypeError):
+            raise MalformedToken(
+                "the bearer token could not be decoded; send the token Qustody issued."
+            ) from None
+        claims = dict(decoded.claims)
+        now = int(datetime.now(UTC).timestamp())
+        try:
+            iat, nbf, exp = (int(claims[name]) for name in ("iat", "nbf", "exp"))
+            subject, tenant, jti = (str(claims[name]) for name in ("sub", "tid", "jti"))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidToken(
+                "the bearer token lacks required claims; ask for a new token."
+            ) from None
+        if claims.get("iss") != self._issuer or claims.get("aud") != self._audience:
+            raise InvalidToken("the bearer token was issued for another service.")
+        if exp - iat > self.max_ttl_seconds:
+            raise InvalidToken(
+                f"the bearer token lives longer than {self.max_ttl_seconds} seconds; "
+                "Qustody refuses long-lived tokens."
+            )
+        if exp <= now:
+            raise ExpiredToken("the bearer token has expired; ask Qustody for a new token.")
+        if nbf > now + 5:
+            raise InvalidToken("the bearer token is not valid yet; check the clock.")
+        claims.update(sub=subject, tid=tenant, jti=jti)
+        return claims
+
+    def authenticate(self, token: str) -> Principal:
+        """Verify ``token`` and build the :class:`Principal` it stands for."""
+        claims = self._claims(token)
+        with self._db.read() as session:
+            row = session.execute(
+                select(m.IssuedToken, m.Principal)
+                .join(m.Principal, m.Principal.id == m.IssuedToken.principal_id)
+                .where(m.IssuedToken.jti == claims["jti"])
+            ).one_or_none()
+            if row is None:
+                raise InvalidToken("Qustody has no record of issuing this token.")
+            issued, principal = row
+            if issued.principal_id != claims["sub"] or issued.tenant_id != claims["tid"]:
+                raise InvalidToken("the bearer token's claims do not match its record.")
+            if issued.revoked_at is not None:
+                raise RevokedToken("the bearer token was revoked; ask Qustody for a new token.")
+            memberships = session.scalars(
+                select(m.Membership).where(m.Membership.principal_id == principal.id)
+            ).all()
+        tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
+        project_roles = tuple(
+            (ProjectId(ms.project_id), Role(ms.role))
+            for ms in memberships
+            if ms.project_id is not None
+        )
+        return Principal(
+            id=PrincipalId(principal.id),
+            tenant_id=TenantId(principal.tenant_id),
+            name=principal.name,
+            kind="workload" if principal.kind == "workload" else "user",
+            token_id=issued.jti,
+            scopes=frozenset(issued.scopes.split()),
+            auth_method="qustody-token",
+            tenant_roles=tenant_roles,
+            project_roles=project_roles,
+        )
+
+    def revoke(self, session: Session, jti: str) -> m.IssuedToken | None:
+        row = session.get(m.IssuedToken, jti)
+        if row is not None and row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+        return row

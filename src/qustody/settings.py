@@ -1,0 +1,146 @@
+"""Configuration, read once from the environment (``QUSTODY_*``).
+
+Production mode refuses development conveniences: the local keyring, the
+demo tenant, SQLite, a missing signing key file. Unknown ``QUSTODY_*``
+variables are refused in production so a typo cannot silently fall back to a
+default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+from qustody.domain.errors import ConfigurationError
+
+Mode = Literal["development", "production"]
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    cpu_seconds: int = 120
+    memory_mb: int = 2048
+    wall_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mode: Mode = "development"
+    data_dir: Path = Path(".qustody")
+    database_url: str = ""
+    #: Where the Ed25519 key that signs Qustody tokens lives (PEM, 0600).
+    signing_key_file: Path | None = None
+    key_provider: Literal["local"] = "local"
+    keyring_file: Path | None = None
+    master_key_file: Path | None = None
+    issuer: str = "qustody"
+    audience: str = "qustody-api"
+    token_max_ttl_seconds: int = 900
+    public_url: str = "http://127.0.0.1:8080"
+    #: Run a worker inside the API process (embedded mode).
+    embedded_worker: bool = True
+    worker_slots: int = max(1, min(4, os.cpu_count() or 1))
+    #: A running job whose worker stopped renewing its lease for this long is re-queued.
+    lease_seconds: float = 30.0
+    #: Safety net only: workers are woken by notifications, not by this poll.
+    idle_poll_seconds: float = 5.0
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'qustody.db').resolve()}"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.signing_key_file or self.data_dir / "token-signing-key.pem"
+
+    @property
+    def resolved_keyring_file(self) -> Path:
+        return self.keyring_file or self.data_dir / "keyring.json"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        return self.master_key_file or self.data_dir / "master.key"
+
+    def check(self) -> None:
+        """Refuse settings that are unsafe for the mode."""
+        if self.token_max_ttl_seconds > 900 or self.token_max_ttl_seconds < 30:
+            raise ConfigurationError(
+                f"QUSTODY_TOKEN_MAX_TTL_SECONDS is {self.token_max_ttl_seconds}; "
+                "it must be between 30 and 900 (15 minutes)."
+            )
+        if self.mode != "production":
+            return
+        if self.resolved_database_url.startswith("sqlite"):
+            raise ConfigurationError(
+                "production mode needs PostgreSQL: set QUSTODY_DATABASE_URL to a "
+                "postgresql+psycopg:// URL."
+            )
+        if self.key_provider == "local":
+            raise ConfigurationError(
+                "the local keyring is a development key provider and is refused in "
+                "production mode; configure an HSM key provider."
+            )
+
+
+_ENV_PREFIX = "QUSTODY_"
+_SANDBOX_KEYS = {
+    "SANDBOX_CPU_SECONDS": "cpu_seconds",
+    "SANDBOX_MEMORY_MB": "memory_mb",
+    "SANDBOX_WALL_SECONDS": "wall_seconds",
+}
+#: Variables read elsewhere (by the key provider, the CLI), not settings fields.
+_OTHER_KEYS = {"MASTER_KEY", "URL", "TOKEN"}
+
+
+def _convert(raw: str, current: object, name: str) -> object:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{_ENV_PREFIX}{name.upper()} is {raw!r}, which is not a valid "
+            f"{type(current).__name__}."
+        ) from None
+    if name.endswith(("_file", "_dir")):
+        return Path(raw)
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    env = os.environ if environ is None else environ
+    base = Settings()
+    values: dict[str, object] = {}
+    sandbox: dict[str, object] = {}
+    known = {f.name for f in fields(Settings)} - {"sandbox"}
+    unknown: list[str] = []
+    for key, raw in env.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        name = key[len(_ENV_PREFIX) :]
+        if name in _SANDBOX_KEYS:
+            attr = _SANDBOX_KEYS[name]
+            sandbox[attr] = _convert(raw, getattr(base.sandbox, attr), attr)
+        elif name.lower() in known:
+            values[name.lower()] = _convert(raw, getattr(base, name.lower()), name.lower())
+        elif name not in _OTHER_KEYS:
+            unknown.append(key)
+    values.update(overrides)
+    if sandbox:
+        values["sandbox"] = SandboxSettings(**sandbox)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if unknown and settings.mode == "production":
+        raise ConfigurationError(
+            f"unknown configuration variables {sorted(unknown)}; remove them or fix the spelling."
+        )
+    settings.check()
+    return settings
