@@ -43,7 +43,6 @@ class Action(StrEnum):
     JOB_START = "job:start"
     JOB_COMPLETE = "job:complete"
     JOB_FAIL = "job:fail"
-    JOB_REQUEUE = "job:requeue"
 
     @property
     def resource(self) -> str:

@@ -1,0 +1,229 @@
+"""The app factory: the one place implementations are chosen.
+
+``build_services(settings)`` wires storage, keys, identity, policy, the
+backend registry and the jobs service; ``create_app(settings)`` puts the
+HTTP API in front of them and, in embedded mode, runs a worker in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from qustody import __version__
+from qustody.api import problems
+from qustody.api.routes import admin, health, jobs
+from qustody.api.schemas import MAX_BODY_BYTES
+from qustody.api.state import Services
+from qustody.crypto.envelope import Envelope
+from qustody.crypto.local import LocalKeyring
+from qustody.domain.errors import InsecureDevelopmentWarning
+from qustody.domain.ids import new_request_id
+from qustody.executors.registry import default_registry
+from qustody.executors.sandbox import Sandbox, SandboxLimits
+from qustody.identity.admin import AdminService
+from qustody.identity.tokens import SigningKey, TokenService
+from qustody.jobs.circuits import CircuitLimits, validate_circuit
+from qustody.jobs.notify import Notifier, notifier_for
+from qustody.jobs.service import JobService
+from qustody.jobs.worker import Worker
+from qustody.policy.engine import CedarPolicyEngine
+from qustody.policy.guard import Guard
+from qustody.settings import Settings
+from qustody.storage.db import Database
+
+log = logging.getLogger("qustody")
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a process built from settings owns, for orderly shutdown."""
+
+    services: Services
+    envelope: Envelope
+    notifier: Notifier
+
+    def make_worker(self, *, slots: int | None = None) -> tuple[Worker, Sandbox]:
+        settings = self.services.settings
+        sandbox = Sandbox(
+            SandboxLimits(
+                cpu_seconds=settings.sandbox.cpu_seconds,
+                memory_bytes=settings.sandbox.memory_mb * 1024 * 1024,
+                wall_seconds=settings.sandbox.wall_seconds,
+            ),
+            registry=self.services.registry,
+        )
+        worker = Worker(
+            self.services.db,
+            self.envelope,
+            sandbox,
+            self.notifier,
+            slots=slots or settings.worker_slots,
+            lease_seconds=settings.lease_seconds,
+            idle_poll_seconds=settings.idle_poll_seconds,
+        )
+        return worker, sandbox
+
+    def close(self) -> None:
+        self.notifier.close()
+        self.services.db.dispose()
+
+
+def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
+    settings.check()
+    development = settings.mode != "production"
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    keyring = LocalKeyring.open_or_create(
+        settings.resolved_keyring_file,
+        master_key_file=settings.resolved_master_key_file,
+        production=not development,
+    )
+    envelope = Envelope(keyring)
+    tokens = TokenService(
+        db,
+        SigningKey.load(settings.resolved_signing_key_file, create=development),
+        issuer=settings.issuer,
+        audience=settings.audience,
+        max_ttl_seconds=settings.token_max_ttl_seconds,
+    )
+    guard = Guard(CedarPolicyEngine(), db)
+    admin_service = AdminService(db, guard, tokens, keyring)
+    registry = default_registry()
+    notifier = notifier_for(settings.resolved_database_url, listen=listen)
+    jobs_service = JobService(
+        db,
+        guard,
+        envelope,
+        registry,
+        admin_service,
+        notifier,
+        validate_circuit,
+        CircuitLimits(),
+    )
+    services = Services(settings, db, tokens, admin_service, jobs_service, registry)
+    return Runtime(services, envelope, notifier)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes before the app reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.limit)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(
+        {
+            "type": "urn:qustody:problem:request_too_large",
+            "title": "Request too large",
+            "status": 413,
+            "code": "request_too_large",
+            "detail": f"the request body is larger than {limit} bytes; send a smaller circuit.",
+            "field": "body",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
+    """The HTTP API. With ``settings.embedded_worker`` a worker runs in-process."""
+    rt = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = sandbox = None
+        if settings.embedded_worker:
+            worker, sandbox = rt.make_worker()
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None and sandbox is not None:
+                worker.stop()
+                sandbox.close()
+            if runtime is None:
+                rt.close()
+
+    app = FastAPI(
+        title="Qustody",
+        version=__version__,
+        summary="A security gateway for quantum jobs",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = rt.services
+    problems.install(app)
+    for router in (health.router, jobs.router, admin.router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        request.state.request_id = new_request_id()
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if settings.mode != "production":
+        warnings.warn(
+            "Qustody is running in development mode: local keyring, SQLite allowed, "
+            "tokens signed with a key created on this machine. Do not use it for real data.",
+            InsecureDevelopmentWarning,
+            stacklevel=2,
+        )
+    return app

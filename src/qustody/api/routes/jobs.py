@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from qustody.api import schemas
+from qustody.api.auth import CallerDep
+from qustody.api.routes.common import secured
+from qustody.api.state import services_of
+from qustody.domain.vocabulary import Action
+from qustody.jobs.service import SubmitRequest
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=schemas.Job,
+    openapi_extra=secured(Action.JOB_SUBMIT),
+)
+def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> schemas.Job:
+    spec = SubmitRequest(
+        project=body.project,
+        backend=body.backend,
+        shots=body.shots,
+        qasm=body.qasm,
+        memory=body.memory,
+        seed=body.seed,
+    )
+    job = services_of(request).jobs.submit(caller.principal, caller.request, spec)
+    return schemas.Job.of(job)
+
+
+@router.get("/jobs", response_model=schemas.JobList, openapi_extra=secured(Action.JOB_LIST))
+def list_jobs(
+    caller: CallerDep,
+    request: Request,
+    state: Annotated[str | None, Query(max_length=16)] = None,
+    backend: Annotated[str | None, Query(max_length=64)] = None,
+    project: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+) -> schemas.JobList:
+    page = services_of(request).jobs.list_jobs(
+        caller.principal,
+        caller.request,
+        state=state,
+        backend=backend,
+        project=project,
+        limit=limit,
+        cursor=cursor,
+    )
+    return schemas.JobList(
+        items=[schemas.Job.of(j) for j in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job, openapi_extra=secured(Action.JOB_READ))
+def get_job(job_id: str, caller: CallerDep, request: Request) -> schemas.Job:
+    return schemas.Job.of(services_of(request).jobs.get(caller.principal, caller.request, job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/cancel", response_model=schemas.Job, openapi_extra=secured(Action.JOB_CANCEL)
+)
+def cancel_job(job_id: str, caller: CallerDep, request: Request) -> schemas.Job:
+    return schemas.Job.of(
+        services_of(request).jobs.cancel(caller.principal, caller.request, job_id)
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_model=schemas.Result,
+    openapi_extra=secured(Action.RESULT_READ),
+)
+def get_result(job_id: str, caller: CallerDep, request: Request) -> schemas.Result:
+    return schemas.Result.of(
+        services_of(request).jobs.result(caller.principal, caller.request, job_id)
+    )
+
+
+@router.get(
+    "/backends", response_model=schemas.BackendList, openapi_extra=secured(Action.BACKEND_LIST)
+)
+def list_backends(caller: CallerDep, request: Request) -> schemas.BackendList:
+    infos = services_of(request).jobs.backends(caller.principal, caller.request)
+    return schemas.BackendList(items=[_backend(i) for i in infos])
+
+
+@router.get(
+    "/backends/{name}", response_model=schemas.Backend, openapi_extra=secured(Action.BACKEND_READ)
+)
+def get_backend(name: str, caller: CallerDep, request: Request) -> schemas.Backend:
+    return _backend(services_of(request).jobs.backend(caller.principal, caller.request, name))
+
+
+def _backend(info: object) -> schemas.Backend:
+    return schemas.Backend.model_validate(info, from_attributes=True)

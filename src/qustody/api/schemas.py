@@ -1,0 +1,241 @@
+"""Request and response bodies. Requests are strict: no type coercion, no unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from qustody.domain.vocabulary import DataClass, Role
+from qustody.jobs.views import JobView, ResultView
+
+#: Largest request body the API reads (the circuit limit is checked separately).
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Response(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+class JobSubmit(Request):
+    project: Annotated[str, Field(min_length=1, max_length=128)]
+    backend: Annotated[str, Field(min_length=1, max_length=64)]
+    shots: Annotated[int, Field(description="1 ≤ shots ≤ the backend's max_shots")] = 1024
+    qasm: Annotated[str, Field(description="OpenQASM 2 or 3 source", max_length=MAX_BODY_BYTES)]
+    memory: bool = False
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+
+
+class CircuitSummary(Response):
+    format: str
+    sha256: str
+    num_qubits: int
+    num_clbits: int
+    gate_count: int
+    depth: int
+
+
+class JobError(Response):
+    code: str
+    detail: str | None
+
+
+class Transition(Response):
+    from_: Annotated[str | None, Field(serialization_alias="from")]
+    to: str
+    at: datetime
+    actor: str
+    reason: str | None
+
+
+class Job(Response):
+    id: str
+    tenant_id: str
+    project_id: str
+    principal_id: str
+    backend: str
+    shots: int
+    state: str
+    circuit: CircuitSummary
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: JobError | None
+    transitions: list[Transition] | None = None
+
+    @classmethod
+    def of(cls, job: JobView) -> Job:
+        return cls(
+            id=job.id,
+            tenant_id=job.tenant_id,
+            project_id=job.project_id,
+            principal_id=job.principal_id,
+            backend=job.backend,
+            shots=job.shots,
+            state=job.state,
+            circuit=CircuitSummary(
+                format=job.circuit_format,
+                sha256=job.circuit_sha256,
+                num_qubits=job.num_qubits,
+                num_clbits=job.num_clbits,
+                gate_count=job.gate_count,
+                depth=job.depth,
+            ),
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            error=JobError(code=job.error_code, detail=job.error_detail)
+            if job.error_code
+            else None,
+            transitions=None
+            if job.transitions is None
+            else [
+                Transition(
+                    from_=t.from_state, to=t.to_state, at=t.at, actor=t.actor, reason=t.reason
+                )
+                for t in job.transitions
+            ],
+        )
+
+
+class JobList(Response):
+    items: list[Job]
+    next_cursor: str | None
+
+
+class Result(Response):
+    job_id: str
+    counts: dict[str, int]
+    memory: list[str] | None
+    clbit_registers: list[tuple[str, int]]
+    metadata: dict[str, str | int | float | bool | None]
+
+    @classmethod
+    def of(cls, result: ResultView) -> Result:
+        return cls(
+            job_id=result.job_id,
+            counts=result.counts,
+            memory=result.memory,
+            clbit_registers=result.clbit_registers,
+            metadata=result.metadata,
+        )
+
+
+# -- backends -------------------------------------------------------------------------
+
+
+class Backend(Response):
+    name: str
+    description: str
+    provider: str
+    simulator: bool
+    max_qubits: int
+    max_shots: int
+    basis_gates: list[str]
+    method: str
+    online: bool
+
+
+class BackendList(Response):
+    items: list[Backend]
+
+
+# -- tenants, projects, members, tokens ------------------------------------------------
+
+
+class TenantCreate(Request):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    admin_name: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class Tenant(Response):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class TenantList(Response):
+    items: list[Tenant]
+
+
+class IssuedTokenOut(Response):
+    token: str
+    jti: str
+    principal_id: str
+    expires_at: datetime
+    scopes: list[str]
+
+
+class TenantAdmin(Response):
+    principal_id: str
+    name: str
+    token: str
+    expires_at: datetime
+
+
+class TenantCreated(Response):
+    tenant: Tenant
+    admin: TenantAdmin
+
+
+class ProjectCreate(Request):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    data_class: DataClass = DataClass.INTERNAL
+
+
+class Project(Response):
+    id: str
+    tenant_id: str
+    name: str
+    data_class: str
+    created_at: datetime
+
+
+class ProjectList(Response):
+    items: list[Project]
+
+
+class MemberAdd(Request):
+    principal: Annotated[str, Field(min_length=1, max_length=128)]
+    role: Role
+    project: Annotated[str | None, Field(max_length=128)] = None
+    kind: Annotated[str, Field(max_length=16)] = "user"
+
+
+class Member(Response):
+    principal_id: str
+    name: str
+    kind: str
+    role: str
+    project_id: str | None
+
+
+class MemberList(Response):
+    items: list[Member]
+
+
+class TokenIssue(Request):
+    principal: Annotated[str | None, Field(max_length=128)] = None
+    scopes: Annotated[list[str] | None, Field(max_length=32)] = None
+    ttl_seconds: int | None = None
+
+
+class Health(Response):
+    status: str
+
+
+class Readiness(Response):
+    status: str
+    checks: dict[str, str]

@@ -1,0 +1,29 @@
+"""The services an app was built with, reachable from a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from qustody.executors.registry import BackendRegistry
+from qustody.identity.admin import AdminService
+from qustody.identity.tokens import TokenService
+from qustody.jobs.service import JobService
+from qustody.settings import Settings
+from qustody.storage.db import Database
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    tokens: TokenService
+    admin: AdminService
+    jobs: JobService
+    registry: BackendRegistry
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services

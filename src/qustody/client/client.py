@@ -1,0 +1,355 @@
+"""A synchronous HTTP client for the Qustody REST API (``docs/api.md``).
+
+The client speaks HTTP only. It keeps the bearer token inside the underlying
+:class:`httpx.Client` headers and nowhere else, so no ``repr``, ``str`` or error message
+of the SDK can show it.
+"""
+
+# Qiskit ships no type information (it is only named in annotations here).
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from qustody import __version__
+from qustody.client._http import api_error_from_answer
+from qustody.client.errors import QustodyConnectionError, QustodyProtocolError, QustodyTimeoutError
+from qustody.client.models import (
+    Backend,
+    Health,
+    IssuedToken,
+    Job,
+    JobPage,
+    JobState,
+    Member,
+    Project,
+    Readiness,
+    Result,
+    Tenant,
+    TenantCreated,
+    items_of,
+)
+
+if TYPE_CHECKING:
+    from qiskit import QuantumCircuit
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_POLL_INTERVAL = 0.1
+MAX_POLL_INTERVAL = 1.0
+_BACKOFF = 1.5
+
+
+def _segment(value: str) -> str:
+    """One URL path segment; an identifier can never climb out of its route."""
+    if not value:
+        raise ValueError("an identifier in a URL path must not be empty")
+    return quote(value, safe="")
+
+
+class Client:
+    """Talks to one Qustody gateway as one principal.
+
+    ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
+    a Qustody-issued bearer token, or ``None`` for the unauthenticated health checks.
+    ``transport`` lets a caller supply its own :class:`httpx.BaseTransport`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        base = url.strip().rstrip("/")
+        base = base.removesuffix("/v1")
+        if not base.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        headers = {"Accept": "application/json", "User-Agent": f"qustody-sdk/{__version__}"}
+        if token is not None:
+            token = token.strip()
+            if not token or any(c.isspace() for c in token):
+                raise ValueError("token must be a non-empty string without whitespace")
+            headers["Authorization"] = f"Bearer {token}"
+        self._url = base
+        self._http = httpx.Client(
+            base_url=f"{base}/v1",
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"Client(url={self._url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------- HTTP
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise QustodyConnectionError(
+                f"{method} {self._url}/v1{path} timed out ({type(exc).__name__}); "
+                "check the gateway, or raise the client timeout"
+            ) from None
+        except httpx.TransportError as exc:
+            raise QustodyConnectionError(
+                f"cannot reach the gateway at {self._url}: {type(exc).__name__}: {exc}"
+            ) from None
+        if response.is_success:
+            return response
+        raise api_error_from_answer(
+            status=response.status_code,
+            reason=response.reason_phrase,
+            content_type=response.headers.get("content-type"),
+            body=response.content,
+            request_id_header=response.headers.get("x-request-id"),
+        )
+
+    def _json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, str | int] | None = None,
+    ) -> object:
+        response = self._request(method, path, json=json, params=params)
+        try:
+            document: object = response.json()
+        except ValueError:
+            raise QustodyProtocolError(
+                f"{method} /v1{path} answered HTTP {response.status_code} without a JSON body"
+            ) from None
+        return document
+
+    # --------------------------------------------------------------------- jobs
+
+    def submit(
+        self,
+        circuit: str | QuantumCircuit,
+        *,
+        backend: str,
+        shots: int = 1024,
+        project: str,
+        memory: bool = False,
+        seed: int | None = None,
+    ) -> Job:
+        """Submit one circuit; returns the accepted job (usually ``queued``).
+
+        ``circuit`` is OpenQASM 2/3 text or a bound :class:`qiskit.QuantumCircuit`
+        (exported as OpenQASM 2 when possible, else OpenQASM 3). A refusal, including a
+        rejected circuit, raises :class:`QustodyAPIError`; a rejected job's id is then in
+        ``error.extras["job_id"]``.
+        """
+        if isinstance(circuit, str):
+            qasm = circuit
+        else:
+            # Imported here: Qiskit takes a while to load, and QASM text needs none of it.
+            from qustody.client._convert import circuit_to_qasm
+
+            qasm = circuit_to_qasm(circuit)
+        body: dict[str, Any] = {
+            "project": project,
+            "backend": backend,
+            "shots": shots,
+            "qasm": qasm,
+            "memory": memory,
+            "seed": seed,
+        }
+        return Job.from_json(self._json("POST", "/jobs", json=body))
+
+    def job(self, job_id: str) -> Job:
+        """One job, with its recorded transitions."""
+        return Job.from_json(self._json("GET", f"/jobs/{_segment(job_id)}"))
+
+    def jobs(
+        self,
+        state: JobState | str | None = None,
+        backend: str | None = None,
+        project: str | None = None,
+        limit: int = 50,
+    ) -> Iterator[Job]:
+        """Jobs visible to this principal, newest first, across all pages.
+
+        ``limit`` is the page size; pages are fetched lazily, as the iterator is consumed
+        (``itertools.islice(client.jobs(), 20)`` fetches a single page).
+        """
+        params: dict[str, str | int] = {"limit": limit}
+        if state is not None:
+            params["state"] = str(state)
+        if backend is not None:
+            params["backend"] = backend
+        if project is not None:
+            params["project"] = project
+        while True:
+            page = JobPage.from_json(self._json("GET", "/jobs", params=params))
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            params["cursor"] = page.next_cursor
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll until the job is terminal and return it (whatever the outcome).
+
+        The poll interval starts at ``poll_interval`` and grows to at most one second.
+        ``on_progress`` is called with the job each time its state is seen to change
+        (including the first poll). Raises :class:`QustodyTimeoutError` after
+        ``timeout`` seconds.
+        """
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval
+        last_state: JobState | None = None
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None and job.state != last_state:
+                on_progress(job)
+            last_state = job.state
+            if job.is_terminal:
+                return job
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise QustodyTimeoutError(job, timeout or 0.0)
+                time.sleep(min(interval, remaining))
+            else:
+                time.sleep(interval)
+            interval = min(interval * _BACKOFF, max(MAX_POLL_INTERVAL, poll_interval))
+
+    def result(self, job_id: str) -> Result:
+        """The result of a completed job.
+
+        Raises :class:`QustodyAPIError` with ``code`` ``result_not_ready``,
+        ``job_failed`` or ``job_cancelled`` otherwise.
+        """
+        return Result.from_json(self._json("GET", f"/jobs/{_segment(job_id)}/result"))
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job; returns it as it stands after the request."""
+        return Job.from_json(self._json("POST", f"/jobs/{_segment(job_id)}/cancel"))
+
+    # ----------------------------------------------------------------- backends
+
+    def backends(self) -> list[Backend]:
+        return [
+            Backend.from_json(item.raw_object())
+            for item in items_of(self._json("GET", "/backends"), "backend list")
+        ]
+
+    def backend(self, name: str) -> Backend:
+        return Backend.from_json(self._json("GET", f"/backends/{_segment(name)}"))
+
+    # ---------------------------------------------- tenants, projects, members
+
+    def create_tenant(self, name: str, admin_name: str) -> TenantCreated:
+        """Create a tenant and its first admin (platform-admin only)."""
+        body = {"name": name, "admin_name": admin_name}
+        return TenantCreated.from_json(self._json("POST", "/tenants", json=body))
+
+    def tenants(self) -> list[Tenant]:
+        return [
+            Tenant.from_json(item.raw_object())
+            for item in items_of(self._json("GET", "/tenants"), "tenant list")
+        ]
+
+    def tenant(self, tenant_id: str) -> Tenant:
+        return Tenant.from_json(self._json("GET", f"/tenants/{_segment(tenant_id)}"))
+
+    def create_project(self, name: str, data_class: str) -> Project:
+        body = {"name": name, "data_class": data_class}
+        return Project.from_json(self._json("POST", "/projects", json=body))
+
+    def projects(self) -> list[Project]:
+        return [
+            Project.from_json(item.raw_object())
+            for item in items_of(self._json("GET", "/projects"), "project list")
+        ]
+
+    def project(self, project_id: str) -> Project:
+        return Project.from_json(self._json("GET", f"/projects/{_segment(project_id)}"))
+
+    def add_member(
+        self, principal: str, role: str, project: str | None = None, kind: str = "user"
+    ) -> Member:
+        body = {"principal": principal, "role": role, "project": project, "kind": kind}
+        return Member.from_json(self._json("POST", "/members", json=body))
+
+    def members(self, project: str | None = None) -> list[Member]:
+        params: dict[str, str | int] = {} if project is None else {"project": project}
+        return [
+            Member.from_json(item.raw_object())
+            for item in items_of(self._json("GET", "/members", params=params), "member list")
+        ]
+
+    # ------------------------------------------------------------------- tokens
+
+    def issue_token(
+        self,
+        principal: str | None = None,
+        scopes: list[str] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> IssuedToken:
+        """Mint a token for yourself (``principal=None``) or, as tenant-admin, a member."""
+        body: dict[str, Any] = {"principal": principal}
+        if scopes is not None:
+            body["scopes"] = list(scopes)
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        return IssuedToken.from_json(self._json("POST", "/tokens", json=body))
+
+    def revoke_token(self, jti: str) -> None:
+        self._request("DELETE", f"/tokens/{_segment(jti)}")
+
+    # ------------------------------------------------------------------- health
+
+    def health(self) -> Health:
+        return Health.from_json(self._json("GET", "/health"))
+
+    def ready(self) -> Readiness:
+        """Readiness; a gateway that is not ready raises :class:`QustodyAPIError` (503)."""
+        return Readiness.from_json(self._json("GET", "/ready"))

@@ -1,0 +1,533 @@
+"""The jobs service: submit, read, list, cancel, result.
+
+Every method authorizes through the guard, and every state change commits in
+one transaction with its job transition rows and its audit events. The
+circuit and the result are stored only sealed under the tenant's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from qustody.audit.recorder import Actor, Target, record
+from qustody.crypto.envelope import Envelope
+from qustody.domain.errors import InvalidRequest, QustodyError
+from qustody.domain.ids import JobId, ProjectId, TenantId, looks_like_id, new_job_id
+from qustody.domain.models import (
+    BackendInfo,
+    CircuitInfo,
+    Decision,
+    Principal,
+    RequestContext,
+    Resource,
+)
+from qustody.domain.vocabulary import (
+    TRANSITION_EVENT,
+    TRANSITIONS,
+    Action,
+    DataClass,
+    JobState,
+    Role,
+)
+from qustody.executors.registry import BackendRegistry
+from qustody.identity.admin import AdminService
+from qustody.jobs.circuits import CircuitLimits, check_against_backend
+from qustody.jobs.errors import JobNotFinished
+from qustody.jobs.notify import Notifier
+from qustody.jobs.views import JobPage, JobView, ResultView, TransitionView
+from qustody.policy.guard import Guard, not_found
+from qustody.storage import models as m
+from qustody.storage.db import Database
+
+MAX_PAGE = 200
+CIRCUIT_FIELD = "circuit"
+RESULT_FIELD = "result"
+
+#: Validates untrusted OpenQASM under size, time and memory bounds.
+CircuitValidator = Callable[[str, CircuitLimits], CircuitInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    project: str
+    backend: str
+    shots: int
+    qasm: str
+    memory: bool = False
+    seed: int | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def transition(
+    session: Session,
+    job: m.Job,
+    to: JobState,
+    *,
+    actor: Actor,
+    at: datetime,
+    reason: str | None = None,
+    decision: Decision | None = None,
+    request: RequestContext | None = None,
+    outcome: str = "success",
+) -> None:
+    """Move ``job`` to ``to``: the row, the transition and the audit event together."""
+    current = JobState(job.state)
+    if to not in TRANSITIONS[current]:
+        raise RuntimeError(f"illegal job transition {current} -> {to} for {job.id}")
+    job.state = to.value
+    job.updated_at = at
+    session.add(
+        m.JobTransition(
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            from_state=current.value,
+            to_state=to.value,
+            actor=actor.id,
+            reason=reason,
+            at=at,
+        )
+    )
+    record(
+        session,
+        TRANSITION_EVENT[to],
+        actor=actor,
+        outcome="failure" if outcome == "failure" else "success",
+        target=Target("job", job.id, job.tenant_id),
+        decision=decision,
+        request=request,
+        job_id=job.id,
+        reason=reason,
+    )
+
+
+def job_resource(job: m.Job, data_class: str | None = None) -> Resource:
+    return Resource(
+        "job",
+        job.id,
+        TenantId(job.tenant_id),
+        project_id=ProjectId(job.project_id),
+        data_class=DataClass(data_class) if data_class else None,
+        owner_id=None,
+    )
+
+
+def view(job: m.Job, transitions: list[m.JobTransition] | None = None) -> JobView:
+    return JobView(
+        id=job.id,
+        tenant_id=job.tenant_id,
+        project_id=job.project_id,
+        principal_id=job.principal_id,
+        backend=job.backend,
+        shots=job.shots,
+        state=job.state,
+        circuit_format=job.circuit_format,
+        circuit_sha256=job.circuit_sha256,
+        num_qubits=job.num_qubits,
+        num_clbits=job.num_clbits,
+        gate_count=job.gate_count,
+        depth=job.depth,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        queued_at=job.queued_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error_code=job.error_code,
+        error_detail=job.error_detail,
+        transitions=None
+        if transitions is None
+        else tuple(
+            TransitionView(t.from_state, t.to_state, t.at, t.actor, t.reason) for t in transitions
+        ),
+    )
+
+
+class JobService:
+    def __init__(
+        self,
+        db: Database,
+        guard: Guard,
+        envelope: Envelope,
+        registry: BackendRegistry,
+        admin: AdminService,
+        notifier: Notifier,
+        validate: CircuitValidator,
+        limits: CircuitLimits,
+    ) -> None:
+        self._db = db
+        self._guard = guard
+        self._envelope = envelope
+        self._registry = registry
+        self._admin = admin
+        self._notifier = notifier
+        self._validate = validate
+        self._limits = limits
+
+    # -- submit -----------------------------------------------------------------
+
+    def submit(self, caller: Principal, request: RequestContext, spec: SubmitRequest) -> JobView:
+        backend = self._registry.get(spec.backend)
+        with self._db.read() as session:
+            project = self._admin.find_project(session, caller.tenant_id, spec.project)
+        resource = Resource(
+            "project",
+            project.id,
+            TenantId(project.tenant_id),
+            project_id=ProjectId(project.id),
+            data_class=DataClass(project.data_class),
+        )
+        decision = self._guard.check(
+            caller, Action.JOB_SUBMIT, resource, request, context={"backend": backend.info.name}
+        )
+        source = spec.qasm.encode("utf-8", errors="surrogatepass")
+        digest = sha256_hex(source)
+        actor = Actor.of(caller)
+        try:
+            info = self._validate(spec.qasm, self._limits)
+            check_against_backend(info, backend.info, spec.shots)
+        except QustodyError as error:
+            job_id = self._record_rejection(
+                caller, request, project, spec, digest, error, decision, actor
+            )
+            error.extra["job_id"] = job_id
+            raise
+        now = datetime.now(UTC)
+        job = m.Job(
+            id=new_job_id(),
+            tenant_id=caller.tenant_id,
+            project_id=project.id,
+            principal_id=caller.id,
+            backend=backend.info.name,
+            shots=spec.shots,
+            state=JobState.SUBMITTED.value,
+            circuit_format=info.format,
+            circuit_sha256=info.sha256,
+            num_qubits=info.num_qubits,
+            num_clbits=info.num_clbits,
+            gate_count=info.gate_count,
+            depth=info.depth,
+            options={"memory": spec.memory, "seed": spec.seed},
+            created_at=now,
+            updated_at=now,
+            queued_at=now,
+            attempts=0,
+            cancel_requested=False,
+        )
+        sealed = self._envelope.seal(caller.tenant_id, job.id, CIRCUIT_FIELD, source)
+        with self._db.write() as session:
+            session.add(job)
+            session.add(
+                m.SealedObject(
+                    object_id=job.id,
+                    field=CIRCUIT_FIELD,
+                    tenant_id=job.tenant_id,
+                    key_id=sealed.key_id,
+                    envelope=sealed.data,
+                    plaintext_sha256=info.sha256,
+                    created_at=now,
+                )
+            )
+            session.add(
+                m.JobTransition(
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    from_state=None,
+                    to_state=JobState.SUBMITTED.value,
+                    actor=actor.id,
+                    at=now,
+                )
+            )
+            record(
+                session,
+                Action.JOB_SUBMIT,
+                actor=actor,
+                target=Target("job", job.id, job.tenant_id),
+                decision=decision,
+                request=request,
+                job_id=job.id,
+                payload_sha256=info.sha256,
+                reason=f"backend={backend.info.name} shots={spec.shots}",
+            )
+            transition(session, job, JobState.VALIDATED, actor=actor, at=now)
+            transition(session, job, JobState.QUEUED, actor=actor, at=now)
+            result = view(job)
+        self._notifier.notify()
+        return result
+
+    def _record_rejection(
+        self,
+        caller: Principal,
+        request: RequestContext,
+        project: m.Project,
+        spec: SubmitRequest,
+        digest: str,
+        error: QustodyError,
+        decision: Decision,
+        actor: Actor,
+    ) -> str:
+        """A refused circuit leaves a ``rejected`` job (hash only, no payload)."""
+        now = datetime.now(UTC)
+        with self._db.write() as session:
+            job = m.Job(
+                id=new_job_id(),
+                tenant_id=caller.tenant_id,
+                project_id=project.id,
+                principal_id=caller.id,
+                backend=spec.backend,
+                shots=spec.shots,
+                state=JobState.SUBMITTED.value,
+                circuit_format="unknown",
+                circuit_sha256=digest,
+                num_qubits=0,
+                num_clbits=0,
+                gate_count=0,
+                depth=0,
+                options={},
+                created_at=now,
+                updated_at=now,
+                attempts=0,
+                cancel_requested=False,
+                error_code=error.code,
+                error_detail=error.detail[:2000],
+                finished_at=now,
+            )
+            session.add(job)
+            session.add(
+                m.JobTransition(
+                    job_id=job.id,
+                    tenant_id=job.tenant_id,
+                    from_state=None,
+                    to_state=JobState.SUBMITTED.value,
+                    actor=actor.id,
+                    at=now,
+                )
+            )
+            record(
+                session,
+                Action.JOB_SUBMIT,
+                actor=actor,
+                target=Target("job", job.id, job.tenant_id),
+                decision=decision,
+                request=request,
+                job_id=job.id,
+                payload_sha256=digest,
+            )
+            transition(
+                session,
+                job,
+                JobState.REJECTED,
+                actor=actor,
+                at=now,
+                reason=error.code,
+                outcome="failure",
+                request=request,
+            )
+            return job.id
+
+    # -- reads --------------------------------------------------------------------
+
+    def _load(self, session: Session, caller: Principal, job_id: str) -> m.Job:
+        """A job of the caller's tenant, or the same 404 whether missing or foreign."""
+        if not looks_like_id(job_id):
+            raise not_found("job", job_id[:64])
+        job = session.scalar(
+            select(m.Job).where(m.Job.id == job_id, m.Job.tenant_id == caller.tenant_id)
+        )
+        if job is None:
+            raise not_found("job", job_id)
+        return job
+
+    def get(self, caller: Principal, request: RequestContext, job_id: str) -> JobView:
+        with self._db.read() as session:
+            job = self._load(session, caller, job_id)
+            transitions = list(
+                session.scalars(
+                    select(m.JobTransition)
+                    .where(m.JobTransition.job_id == job.id)
+                    .order_by(m.JobTransition.id)
+                )
+            )
+        self._guard.check(caller, Action.JOB_READ, job_resource(job), request)
+        return view(job, transitions)
+
+    def list_jobs(
+        self,
+        caller: Principal,
+        request: RequestContext,
+        *,
+        state: str | None = None,
+        backend: str | None = None,
+        project: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(
+                f"limit is {limit}; it must be between 1 and {MAX_PAGE}.", field="limit"
+            )
+        if state is not None and state not in JobState.__members__.values():
+            raise InvalidRequest(
+                f"state {state[:32]!r} is not a job state; use one of "
+                f"{[s.value for s in JobState]}.",
+                field="state",
+            )
+        if cursor is not None and not looks_like_id(cursor):
+            raise InvalidRequest(
+                "cursor is not valid; pass the next_cursor value of the previous page.",
+                field="cursor",
+            )
+        with self._db.read() as session:
+            query = select(m.Job).where(m.Job.tenant_id == caller.tenant_id)
+            if project is not None:
+                found = self._admin.find_project(session, caller.tenant_id, project)
+                self._guard.check(
+                    caller,
+                    Action.JOB_LIST,
+                    Resource(
+                        "project",
+                        found.id,
+                        TenantId(found.tenant_id),
+                        project_id=ProjectId(found.id),
+                    ),
+                    request,
+                )
+                query = query.where(m.Job.project_id == found.id)
+            else:
+                query = query.where(m.Job.project_id.in_(self._listable_projects(caller, request)))
+            if state is not None:
+                query = query.where(m.Job.state == state)
+            if backend is not None:
+                query = query.where(m.Job.backend == backend[:64])
+            if cursor is not None:
+                query = query.where(m.Job.id < cursor)
+            rows = list(session.scalars(query.order_by(m.Job.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JobPage([view(j) for j in rows], rows[-1].id if more and rows else None)
+
+    def _listable_projects(self, caller: Principal, request: RequestContext) -> list[str]:
+        """Projects whose jobs the caller may list; the policy decides per project."""
+        tenant = Resource("tenant", caller.tenant_id, caller.tenant_id)
+        if Role.TENANT_ADMIN in caller.tenant_roles:
+            self._guard.check(caller, Action.JOB_LIST, tenant, request)
+            with self._db.read() as session:
+                return list(
+                    session.scalars(
+                        select(m.Project.id).where(m.Project.tenant_id == caller.tenant_id)
+                    )
+                )
+        allowed = [
+            pid
+            for pid in sorted({pid for pid, _ in caller.project_roles})
+            if self._guard.engine.authorize(
+                caller,
+                Action.JOB_LIST,
+                Resource("project", pid, caller.tenant_id, project_id=pid),
+            ).allowed
+        ]
+        if not allowed:
+            self._guard.check(caller, Action.JOB_LIST, tenant, request)  # records the denial
+        return allowed
+
+    # -- backends -----------------------------------------------------------------
+
+    def backends(self, caller: Principal, request: RequestContext) -> list[BackendInfo]:
+        self._guard.check(
+            caller, Action.BACKEND_LIST, Resource("platform", "backends", None), request
+        )
+        return [backend.info for backend in self._registry.list()]
+
+    def backend(self, caller: Principal, request: RequestContext, name: str) -> BackendInfo:
+        info = self._registry.get(name[:64]).info
+        self._guard.check(
+            caller, Action.BACKEND_READ, Resource("backend", info.name, None), request
+        )
+        return info
+
+    # -- cancel -------------------------------------------------------------------
+
+    def cancel(self, caller: Principal, request: RequestContext, job_id: str) -> JobView:
+        with self._db.read() as session:
+            job = self._load(session, caller, job_id)
+        decision = self._guard.check(caller, Action.JOB_CANCEL, job_resource(job), request)
+        now = datetime.now(UTC)
+        with self._db.write() as session:
+            job = self._load(session, caller, job_id)
+            state = JobState(job.state)
+            if state in (JobState.QUEUED, JobState.VALIDATED):
+                transition(
+                    session,
+                    job,
+                    JobState.CANCELLED,
+                    actor=Actor.of(caller),
+                    at=now,
+                    decision=decision,
+                    request=request,
+                    reason="cancelled before it ran",
+                )
+                job.finished_at = now
+            elif state is JobState.RUNNING and not job.cancel_requested:
+                # The worker running it sees the flag, stops the sandbox and
+                # records the transition to cancelled.
+                session.execute(
+                    update(m.Job).where(m.Job.id == job.id).values(cancel_requested=True)
+                )
+                job.cancel_requested = True
+                record(
+                    session,
+                    Action.JOB_CANCEL,
+                    actor=Actor.of(caller),
+                    target=Target("job", job.id, job.tenant_id),
+                    decision=decision,
+                    request=request,
+                    job_id=job.id,
+                    reason="cancel requested while running",
+                )
+            result = view(job)
+        if result.state == JobState.RUNNING:
+            self._notifier.notify()
+        return result
+
+    # -- result -------------------------------------------------------------------
+
+    def result(self, caller: Principal, request: RequestContext, job_id: str) -> ResultView:
+        with self._db.read() as session:
+            job = self._load(session, caller, job_id)
+            sealed = session.get(m.SealedObject, (job.id, RESULT_FIELD))
+        decision = self._guard.check(caller, Action.RESULT_READ, job_resource(job), request)
+        state = JobState(job.state)
+        if state is not JobState.COMPLETED or sealed is None:
+            raise JobNotFinished.for_state(job.id, state, job.error_code)
+        data = json.loads(
+            self._envelope.open(TenantId(job.tenant_id), job.id, RESULT_FIELD, sealed.envelope)
+        )
+        with self._db.write() as session:
+            record(
+                session,
+                Action.RESULT_READ,
+                actor=Actor.of(caller),
+                target=Target("job", job.id, job.tenant_id),
+                decision=decision,
+                request=request,
+                job_id=job.id,
+                payload_sha256=sealed.plaintext_sha256,
+            )
+        return ResultView(
+            job_id=job.id,
+            counts={str(k): int(v) for k, v in data["counts"].items()},
+            memory=data.get("memory"),
+            clbit_registers=[(str(n), int(s)) for n, s in data["clbit_registers"]],
+            metadata=dict(data["metadata"]),
+        )
+
+
+__all__ = ["JobId", "JobService", "SubmitRequest"]

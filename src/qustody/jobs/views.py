@@ -1,0 +1,55 @@
+"""What the jobs service hands back: plain data, built from rows, no ORM objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionView:
+    from_state: str | None
+    to_state: str
+    at: datetime
+    actor: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    id: str
+    tenant_id: str
+    project_id: str
+    principal_id: str
+    backend: str
+    shots: int
+    state: str
+    circuit_format: str
+    circuit_sha256: str
+    num_qubits: int
+    num_clbits: int
+    gate_count: int
+    depth: int
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    error_code: str | None
+    error_detail: str | None
+    transitions: tuple[TransitionView, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    items: list[JobView]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultView:
+    job_id: str
+    counts: dict[str, int]
+    memory: list[str] | None
+    clbit_registers: list[tuple[str, int]]
+    metadata: dict[str, str | int | float | bool | None]

@@ -1,0 +1,20 @@
+"""Errors of the policy module."""
+
+from __future__ import annotations
+
+from qustody.domain.errors import QustodyError
+
+
+class PolicyError(QustodyError):
+    """A policy set, schema or request the engine refuses to work with.
+
+    Raised when policies are loaded (text that does not parse, a policy without
+    an ``@id``, a policy that does not validate against the schema) and when a
+    caller hands :meth:`~qustody.policy.interfaces.PolicyEngine.authorize` a
+    context it cannot express in Cedar. It is a configuration or programming
+    error, never a denial: a denial is a :class:`~qustody.domain.models.Decision`.
+    """
+
+    code = "policy_error"
+    status = 500
+    title = "Policy error"
