@@ -1,0 +1,3 @@
+from qustody.cli.main import main
+
+main()

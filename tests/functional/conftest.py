@@ -1,0 +1,118 @@
+"""A real gateway over real HTTP: ``qustody serve`` in a subprocess, embedded worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Tenancy, make_settings, seed
+from qustody.api.app import build_runtime
+
+ROLE_PRINCIPALS = {
+    "tenant-admin": ("acme-admin", "acme"),
+    "developer": ("acme-dev", "acme"),
+    "viewer": ("acme-view", "acme"),
+    "outsider": ("globex-dev", "globex"),
+    "platform-admin": ("root", "platform"),
+}
+
+
+@dataclass
+class Gateway:
+    url: str
+    tenancy: Tenancy
+    data_dir: Path
+    database_url: str
+
+    def token_for(self, role: str) -> str:
+        name, tenant = ROLE_PRINCIPALS[role]
+        return self.tenancy.token_for(name, tenant)
+
+    @property
+    def tenant_admin_token(self) -> str:
+        return self.token_for("tenant-admin")
+
+    @property
+    def developer_token(self) -> str:
+        return self.token_for("developer")
+
+    @property
+    def viewer_token(self) -> str:
+        return self.token_for("viewer")
+
+    @property
+    def project_id(self) -> str:
+        return self.tenancy.project_id
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
+        env.update(
+            QUSTODY_URL=self.url,
+            QUSTODY_DATA_DIR=str(self.data_dir),
+            QUSTODY_DATABASE_URL=self.database_url,
+        )
+        if token:
+            env["QUSTODY_TOKEN"] = token
+        return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    root = tmp_path_factory.mktemp("gateway")
+    database_url = f"sqlite:///{root / 'data' / 'qustody.db'}"
+    runtime = build_runtime(make_settings(root, database_url))  # type: ignore[arg-type]
+    tenancy = seed(runtime)
+    port = _free_port()
+    gw = Gateway(f"http://127.0.0.1:{port}", tenancy, root / "data", database_url)
+    log = (root / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "qustody.cli", "serve", "--port", str(port)],
+        env=gw.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{gw.url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((root / "server.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield gw
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        runtime.close()
+
+
+@pytest.fixture
+def http(gateway: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        yield client
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
