@@ -1,8 +1,13 @@
 """Pure conversions of the SDK: JSON → typed values → Qiskit objects. No network."""
 
+# Qiskit ships no type information.
+# mypy: disable-error-code="import-untyped"
+
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -16,8 +21,8 @@ from qiskit.result import Result as QiskitResult
 
 from qustody.client import (
     CircuitConversionError,
-    Client,
     ClbitRegister,
+    Client,
     IssuedToken,
     Job,
     JobState,
@@ -35,8 +40,8 @@ from qustody.client._convert import (
     unbound_parameter_names,
 )
 from qustody.client._http import api_error_from_answer
-from qustody.client.qiskit_provider import build_target, combined_status
 from qustody.client.models import Backend
+from qustody.client.qiskit_provider import build_target, combined_status
 
 TOKEN = "eyJhbGciOiJFZERTQSJ9.sentinel-token-value.signature"
 T = "2026-11-21T20:00:00Z"
@@ -268,9 +273,7 @@ def test_bit_arrays_are_shaped_like_the_bindings() -> None:
     for index in np.ndindex(pub.shape):
         ones = index[0] * 3 + index[1]  # 0..5 shots measure 1, capped at 4
         memory = ["1" if i < ones else "0" for i in range(4)]
-        results[index] = Result.from_json(
-            result_json({}, [["meas", 1]], memory=memory, shots=4)
-        )
+        results[index] = Result.from_json(result_json({}, [["meas", 1]], memory=memory, shots=4))
 
     arrays = bit_arrays(results, [("meas", 1)], shots=4)
 
@@ -422,3 +425,11 @@ def test_client_refuses_a_token_that_could_smuggle_headers() -> None:
         Client("https://gateway.example", "abc\r\nX-Evil: 1")
     with pytest.raises(ValueError, match="http"):
         Client("gateway.example", TOKEN)
+
+
+def test_importing_the_client_does_not_load_qiskit() -> None:
+    probe = "import sys, qustody.client; print('qiskit' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"

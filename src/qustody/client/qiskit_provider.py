@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 from qiskit import QuantumCircuit
@@ -141,6 +142,21 @@ class QustodyProvider:
     def __repr__(self) -> str:
         return f"QustodyProvider(url={self._client.url!r}, project={self._project!r})"
 
+    def close(self) -> None:
+        """Close the HTTP connections (backends and jobs from this provider stop working)."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
     def backends(self, name: str | None = None) -> list[QustodyBackend]:
         """All backends of the gateway (or the one called ``name``)."""
         return [
@@ -162,7 +178,7 @@ class QustodyBackend(BackendV2):  # type: ignore[misc]
             provider=provider,
             name=info.name,
             description=info.description,
-            backend_version=info.method,
+            backend_version=None,
         )
         self._info = info
         self._target = build_target(info)
@@ -215,6 +231,9 @@ class QustodyBackend(BackendV2):  # type: ignore[misc]
                 f"supported: {', '.join(sorted(self.options))}"
             )
         merged = {key: self.options[key] for key in self.options} | options
+        shots = merged["shots"]
+        if not isinstance(shots, int) or isinstance(shots, bool):
+            raise TypeError(f"shots must be an integer, not {type(shots).__name__}")
         circuits = self._circuits(run_input)
         programs = [circuit_to_qasm(circuit) for circuit in circuits]
         jobs: list[Job] = []
@@ -224,7 +243,7 @@ class QustodyBackend(BackendV2):  # type: ignore[misc]
                     self.client.submit(
                         qasm,
                         backend=self.name,
-                        shots=int(merged["shots"]),
+                        shots=shots,
                         project=self.project,
                         memory=bool(merged["memory"]),
                         seed=merged["seed_simulator"],
