@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from qustody.client import (
-    Client,
     ClbitRegister,
+    Client,
     JobState,
     QustodyAPIError,
     QustodyConnectionError,
@@ -162,7 +162,8 @@ def test_job_list_pages_through_next_cursor(client: Client, gateway: Any) -> Non
 
 
 def test_cancel_ends_the_job(client: Client, gateway: Any) -> None:
-    job = client.submit(BELL_QASM2, backend=BACKEND, shots=100_000, project=gateway.project_id)
+    shots = min(100_000, client.backend(BACKEND).max_shots)
+    job = client.submit(BELL_QASM2, backend=BACKEND, shots=shots, project=gateway.project_id)
 
     client.cancel(job.id)
     final = client.wait(job.id, timeout=WAIT_S)

@@ -832,3 +832,12 @@ def test_schema_actions_are_exactly_the_vocabulary() -> None:
     rendered = str(cedarpy.Schema.from_str(default_schema()))
     declared = set(re.findall(r'action "([^"]+)"', rendered))
     assert declared == {action.value for action in Action}
+
+
+def test_ids_with_cedar_syntax_in_them_are_just_ids(engine: CedarPolicyEngine) -> None:
+    caller = principal("developer")
+    odd_id = 'job_1" || true; permit (principal, action, resource'
+    mine = Resource(type="job", id=odd_id, tenant_id=TENANT_A, project_id=PROJECT_1)
+    theirs = Resource(type="job", id=odd_id, tenant_id=TENANT_B, project_id=PROJECT_1)
+    assert engine.authorize(caller, Action.JOB_READ, mine).allowed
+    assert not engine.authorize(caller, Action.JOB_READ, theirs).allowed

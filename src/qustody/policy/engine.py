@@ -7,7 +7,9 @@ into a Cedar request and asks `cedarpy <https://pypi.org/project/cedarpy/>`_.
 The policy set is parsed and checked once, when the engine is built: every
 policy must parse, carry a unique ``@id("...")`` annotation (the name a
 :class:`Decision` reports) and validate against the schema. Per decision the
-engine only builds two small entities and a context.
+engine builds two small entities and a context, and hands Cedar only the
+policies that can apply: the shared ones plus those of the caller's tenant,
+narrowed to the ones whose scope admits the action and the resource type.
 
 The Cedar model (``policies/qustody.cedarschema`` is the authority):
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Literal
 
 import cedarpy
@@ -72,12 +75,14 @@ _RESERVED_CONTEXT = frozenset(
     {"roles", "all_roles", "scopes", "required_scope", "auth_method", "data_class"}
 )
 _CEDAR_LONG_MIN, _CEDAR_LONG_MAX = -(2**63), 2**63 - 1
-_POLICY_IN_ERROR = re.compile(r"policy `([^`]+)`")
+_POLICY_IN_ERROR = re.compile(r"[^`]*\bpolicy `([^`]+)`")
+_POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _POLICY_FILES_SUFFIX = ".cedar"
 _SCHEMA_FILE = "qustody.cedarschema"
+_ACTIONS = frozenset(action.value for action in Action)
 
 
-def _policy_dir() -> resources.abc.Traversable:
+def _policy_dir() -> Traversable:
     return resources.files("qustody.policy").joinpath("policies")
 
 
@@ -97,55 +102,128 @@ def default_schema() -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Policy:
-    cedar_id: str
+    #: The ``@id`` annotation; also the id Cedar reports, see :class:`_PolicyBook`.
     id: str
+    #: Where it was loaded from (a file name).
+    source: str
     effect: Literal["permit", "forbid"]
+    #: Cedar JSON (EST) of the policy, as Cedar produced it.
+    body: Mapping[str, object]
+    #: The actions its scope can match; ``None`` when it can match any.
+    actions: frozenset[str] | None
+    #: The resource entity types its scope can match; ``None`` for any.
+    resource_types: frozenset[str] | None
+
+    def may_apply(self, action: Action, entity_type: str) -> bool:
+        return (self.actions is None or action.value in self.actions) and (
+            self.resource_types is None or entity_type in self.resource_types
+        )
+
+
+class _PolicyBook:
+    """One policy set as evaluated: the shared policies plus one tenant's.
+
+    Cedar evaluates every policy of a set for every request (about a
+    microsecond each), so the book hands Cedar, for each action and resource
+    type, only the policies whose scope can match them. Leaving out a policy
+    whose scope cannot match changes nothing: Cedar checks the scope before the
+    conditions, so such a policy neither applies nor errors.
+
+    The subsets are built on first use from Cedar's own JSON form of the
+    policies, keyed by their ``@id``, so Cedar reports the ``@id`` itself.
+    """
+
+    __slots__ = ("_subsets", "policies")
+
+    def __init__(self, policies: Mapping[str, _Policy]) -> None:
+        self.policies = dict(policies)
+        self._subsets: dict[tuple[Action, str], cedarpy.PolicySet] = {}
+
+    def policy_set(self, action: Action, entity_type: str) -> cedarpy.PolicySet:
+        key = (action, entity_type)
+        subset = self._subsets.get(key)
+        if subset is None:
+            chosen = {
+                policy_id: policy.body
+                for policy_id, policy in self.policies.items()
+                if policy.may_apply(action, entity_type)
+            }
+            document = {"staticPolicies": chosen, "templates": {}, "templateLinks": []}
+            subset = cedarpy.PolicySet.from_json_str(json.dumps(document))
+            self._subsets[key] = subset
+        return subset
 
 
 class CedarPolicyEngine:
     """A :class:`~qustody.policy.interfaces.PolicyEngine` backed by Cedar.
 
-    ``policies`` is Cedar text, a mapping of source name (a file name) to Cedar
-    text, or ``None`` for the shipped policies. An empty policy set is allowed
-    and denies everything. ``schema`` (Cedar schema syntax) defaults to the
-    shipped schema; with ``validate`` (the default) every policy is checked
-    against it at load time.
+    ``policies`` are the policies every request is decided by: Cedar text, a
+    mapping of source name (a file name) to Cedar text, or ``None`` for the
+    shipped policies. An empty policy set is allowed and denies everything.
+
+    ``tenant_policies`` adds policies of one tenant (same forms, keyed by tenant
+    id). They are evaluated, together with the shared ones, only for that
+    tenant's principals: a tenant's policy cannot grant anything to anyone else,
+    and one tenant's policies cost the others nothing. See
+    :meth:`replace_tenant_policies` to change them at run time.
+
+    ``schema`` (Cedar schema syntax) defaults to the shipped schema; with
+    ``validate`` (the default) every policy is checked against it when loaded.
+    With ``check_requests`` every request, its entities and its context are
+    checked against it too, and one that does not conform raises
+    :class:`PolicyError`: slower, and it refuses context keys the schema does
+    not declare; meant for tests and development.
 
     ``platform_tenant_id``, when given, is the only tenant whose principals'
     ``platform-admin`` role counts; elsewhere the role is ignored. Without it,
     the identity layer is trusted to grant that role only there.
 
-    Raises :class:`PolicyError` at construction for text that does not parse, a
-    policy without a unique ``@id``, a template, or a validation failure.
+    Raises :class:`PolicyError` when loading text that does not parse, a policy
+    without a unique ``@id``, a template, or a policy that does not validate.
     """
 
     def __init__(
         self,
         policies: str | Mapping[str, str] | None = None,
         *,
+        tenant_policies: Mapping[TenantId, str | Mapping[str, str]] | None = None,
         schema: str | None = None,
         validate: bool = True,
+        check_requests: bool = False,
         platform_tenant_id: TenantId | None = None,
     ) -> None:
-        if policies is None:
-            sources: Mapping[str, str] = default_policies()
-        elif isinstance(policies, str):
-            sources = {"<policies>": policies}
-        else:
-            sources = policies
         self._platform_tenant_id = platform_tenant_id
-        self._policy_set, self._policies = _load(sources)
-        if validate:
-            _validate(
-                "\n".join(sources.values()),
-                schema if schema is not None else default_schema(),
-                self._policies,
-            )
+        self._schema = _parse_schema(default_schema() if schema is None else schema)
+        self._validate = validate
+        self._check_requests = check_requests
+        sources = _sources(default_policies() if policies is None else policies, "policies")
+        self._base = _PolicyBook(self._load(sources, taken={}))
+        self._books: dict[TenantId, _PolicyBook] = {}
+        for tenant_id, tenant_sources in (tenant_policies or {}).items():
+            self.replace_tenant_policies(tenant_id, tenant_sources)
 
-    @property
-    def policy_ids(self) -> tuple[str, ...]:
-        """The ``@id`` of every loaded policy, in load order."""
-        return tuple(policy.id for policy in self._policies.values())
+    def replace_tenant_policies(
+        self, tenant_id: TenantId, policies: str | Mapping[str, str] | None
+    ) -> None:
+        """Set the policies of one tenant; ``None`` or empty text removes them.
+
+        The new set is parsed and validated before it replaces the old one, so
+        a refused update (:class:`PolicyError`) leaves the tenant's policies as
+        they were.
+        """
+        sources = _sources(policies or "", "policies")
+        named = {f"tenant {tenant_id}: {name}": text for name, text in sources.items()}
+        own = self._load(named, taken=self._base.policies)
+        if own:
+            self._books[tenant_id] = _PolicyBook({**self._base.policies, **own})
+        else:
+            self._books.pop(tenant_id, None)
+
+    def policy_ids(self, tenant_id: TenantId | None = None) -> tuple[str, ...]:
+        """The ``@id`` of every policy that decides for ``tenant_id``'s principals
+        (the shared policies alone when ``None``), in load order."""
+        book = self._base if tenant_id is None else self._books.get(tenant_id, self._base)
+        return tuple(policy.id for policy in book.policies.values())
 
     def authorize(
         self,
@@ -192,47 +270,71 @@ class CedarPolicyEngine:
         ]
         if resource_entity is not None:
             entities.append(resource_entity)
+        entity_type = _ENTITY_TYPES[resource.type]
         request = {
             "principal": principal_uid,
             "action": {"type": _ACTION_TYPE, "id": action.value},
-            "resource": {"type": _ENTITY_TYPES[resource.type], "id": resource.id},
+            "resource": {"type": entity_type, "id": resource.id},
             "context": cedar_context,
         }
+        book = self._books.get(principal.tenant_id, self._base)
+        policy_set = book.policy_set(action, entity_type)
+        schema = self._schema if self._check_requests else None
         try:
-            result = cedarpy.is_authorized(request, self._policy_set, entities)
+            result = cedarpy.is_authorized(request, policy_set, entities, schema)
         except ValueError as exc:
+            if self._check_requests:
+                raise PolicyError(f"request does not conform to the policy schema: {exc}") from exc
             return Decision(
                 allowed=False, action=action, errors=(f"Cedar refused the request: {exc}",)
             )
-        return self._decision(action, result)
+        if self._check_requests:
+            refused = [e for e in result.diagnostics.errors if not _POLICY_IN_ERROR.match(e)]
+            if refused:
+                raise PolicyError(f"request does not conform to the policy schema: {refused[0]}")
+        return _decision(action, result, book.policies)
+
+    def _load(self, sources: Mapping[str, str], taken: Mapping[str, _Policy]) -> dict[str, _Policy]:
+        policies = _load(sources, taken)
+        if self._validate:
+            for name, text in sources.items():
+                _validate(text, name, self._schema)
+        return policies
 
     def _is_platform_admin(self, principal: Principal) -> bool:
         if Role.PLATFORM_ADMIN not in principal.tenant_roles:
             return False
         return self._platform_tenant_id is None or principal.tenant_id == self._platform_tenant_id
 
-    def _decision(self, action: Action, result: cedarpy.AuthzResult) -> Decision:
-        allowed = result.allowed
-        errors: list[str] = []
-        failed_forbids: list[str] = []
-        for error in result.diagnostics.errors:
-            match = _POLICY_IN_ERROR.search(error)
-            policy = self._policies.get(match.group(1)) if match else None
-            if policy is None:
-                # An error we cannot attribute to a permit: deny.
-                allowed = False
-                errors.append(error)
-                continue
-            errors.append(error.replace(f"`{policy.cedar_id}`", f"`{policy.id}`", 1))
-            if policy.effect == "forbid":
-                allowed = False
+
+def _decision(
+    action: Action, result: cedarpy.AuthzResult, policies: Mapping[str, _Policy]
+) -> Decision:
+    """Cedar's answer as a :class:`Decision`, failing closed on evaluation errors.
+
+    Cedar skips a policy whose evaluation errors. For a permit that is right;
+    for a forbid it would allow what the forbid exists to refuse, so an error
+    in a forbid (or one not traceable to a permit) denies.
+    """
+    allowed = result.allowed
+    errors = tuple(result.diagnostics.errors)
+    failed_forbids: list[str] = []
+    for error in errors:
+        match = _POLICY_IN_ERROR.match(error)
+        policy = policies.get(match.group(1)) if match else None
+        if policy is None or policy.effect == "forbid":
+            allowed = False
+            if policy is not None:
                 failed_forbids.append(policy.id)
-        deciding = [self._policies[r].id for r in result.diagnostics.reasons if r in self._policies]
-        if result.allowed and not allowed:
-            # Cedar allowed only because a forbid could not be evaluated.
-            deciding = []
-        policy_ids = tuple(sorted({*deciding, *failed_forbids}))
-        return Decision(allowed=allowed, action=action, policy_ids=policy_ids, errors=tuple(errors))
+    if allowed == result.allowed:
+        # Cedar's reasons: the permits that allowed, or the forbids that denied.
+        deciding = {*result.diagnostics.reasons, *failed_forbids}
+    else:
+        # Cedar allowed only because a forbid could not be evaluated.
+        deciding = set(failed_forbids)
+    return Decision(
+        allowed=allowed, action=action, policy_ids=tuple(sorted(deciding)), errors=errors
+    )
 
 
 def _resource_entity(
@@ -341,9 +443,55 @@ def _cedar_value(value: object, path: str) -> object:
 # -- loading ---------------------------------------------------------------
 
 
-def _parse(text: str, name: str) -> cedarpy.PolicySet:
+def _sources(policies: str | Mapping[str, str], name: str) -> dict[str, str]:
+    return {name: policies} if isinstance(policies, str) else dict(policies)
+
+
+def _load(sources: Mapping[str, str], taken: Mapping[str, _Policy]) -> dict[str, _Policy]:
+    """Parse and check every source; key its policies by their ``@id``.
+
+    ``taken`` are policies already loaded, whose ids the new ones may not reuse.
+    """
+    policies: dict[str, _Policy] = {}
+    for name, text in sources.items():
+        _parse(text, name)
+        lines = [line for line, _ in _statements(text)]
+        for position, (_, body) in enumerate(_static_policies(text, name)):
+            line = lines[position] if position < len(lines) else "?"
+            where = f"{name}, policy at line {line}"
+            policy_id = _annotation_id(body)
+            if policy_id is None:
+                raise PolicyError(
+                    f'{where} has no @id("...") annotation; every policy needs a unique @id '
+                    "(letters, digits and . _ : / -), the name decisions and the audit log report"
+                )
+            if not _POLICY_ID.fullmatch(policy_id):
+                raise PolicyError(
+                    f'{where} has @id("{policy_id}"); use letters, digits and . _ : / - only'
+                )
+            other = policies.get(policy_id) or taken.get(policy_id)
+            if other is not None:
+                raise PolicyError(
+                    f'{where} reuses @id("{policy_id}") of a policy in {other.source}; '
+                    "policy ids must be unique"
+                )
+            effect = body.get("effect")
+            if effect not in ("permit", "forbid"):
+                raise PolicyError(f"{where} has an unknown effect {effect!r}")
+            policies[policy_id] = _Policy(
+                id=policy_id,
+                source=name,
+                effect="permit" if effect == "permit" else "forbid",
+                body=body,
+                actions=_scope_actions(body.get("action")),
+                resource_types=_scope_types(body.get("resource")),
+            )
+    return policies
+
+
+def _parse(text: str, name: str) -> None:
     try:
-        return cedarpy.PolicySet.from_str(text)
+        cedarpy.PolicySet.from_str(text)
     except ValueError as exc:
         raise PolicyError(_parse_failure(text, name, exc)) from exc
 
@@ -355,8 +503,8 @@ def _parse_failure(text: str, name: str, exc: ValueError) -> str:
             cedarpy.PolicySet.from_str(statement)
         except ValueError as statement_exc:
             return (
-                f"{name}, policy at line {line}: {statement_exc}; "
-                "fix the Cedar syntax (https://docs.cedarpolicy.com/policies/syntax-policy.html)"
+                f"{name}, policy at line {line} does not parse: {statement_exc}; fix the Cedar "
+                "syntax (https://docs.cedarpolicy.com/policies/syntax-policy.html)"
             )
     return f"{name} does not parse: {exc}"
 
@@ -364,9 +512,9 @@ def _parse_failure(text: str, name: str, exc: ValueError) -> str:
 def _statements(text: str) -> Iterator[tuple[int, str]]:
     """Split Cedar text at top-level ``;`` (outside strings and comments).
 
-    Yields the line of each statement's first code line and the statement; a
-    trailing fragment without ``;`` is yielded too, so an unterminated policy
-    is found.
+    Yields the line of each statement's first line of code, and the statement.
+    A trailing fragment without ``;`` is yielded too, so that an unterminated
+    policy is found.
     """
     start = 0
     index = 0
@@ -388,64 +536,22 @@ def _statements(text: str) -> Iterator[tuple[int, str]]:
             yield _first_code_line(text, start), text[start : index + 1]
             start = index + 1
         index += 1
-    if _code_lines(text[start:]):
+    if _first_code_line(text, start, default=0):
         yield _first_code_line(text, start), text[start:]
 
 
-def _code_lines(fragment: str) -> list[str]:
-    return [
-        line for line in fragment.splitlines() if line.strip() and not line.strip().startswith("//")
-    ]
-
-
-def _first_code_line(text: str, start: int) -> int:
+def _first_code_line(text: str, start: int, default: int | None = None) -> int:
+    """The line number of the first line after ``start`` that is not blank or a comment."""
     line = text.count("\n", 0, start) + 1
     for offset, content in enumerate(text[start:].splitlines()):
-        if content.strip() and not content.strip().startswith("//"):
+        stripped = content.strip()
+        if stripped and not stripped.startswith("//"):
             return line + offset
-    return line
-
-
-def _load(sources: Mapping[str, str]) -> tuple[cedarpy.PolicySet, dict[str, _Policy]]:
-    """Parse and check every source; map Cedar's positional ids to ``@id`` annotations.
-
-    Cedar names the policies of a parse ``policy0``, ``policy1``, ...; each
-    source is checked on its own first, so that an error names its file and line.
-    """
-    seen: dict[str, str] = {}
-    for name, text in sources.items():
-        _parse(text, name)
-        lines = [line for line, _ in _statements(text)]
-        for position, (_, body) in enumerate(_static_policies(text, name)):
-            where = f"{name}, policy at line {lines[position] if position < len(lines) else '?'}"
-            policy_id = _annotation_id(body)
-            if policy_id is None:
-                raise PolicyError(
-                    f'{where} has no @id("...") annotation; every policy needs a unique @id, '
-                    "the name decisions and the audit log report"
-                )
-            if policy_id in seen:
-                raise PolicyError(
-                    f'{where} reuses @id("{policy_id}") of a policy in {seen[policy_id]}; '
-                    "policy ids must be unique"
-                )
-            seen[policy_id] = name
-    combined = "\n".join(sources.values())
-    policy_set = _parse(combined, "the combined policy set")
-    policies: dict[str, _Policy] = {}
-    for cedar_id, body in _static_policies(combined, "the combined policy set"):
-        policy_id = _annotation_id(body)
-        effect = body.get("effect")
-        if policy_id is None or effect not in ("permit", "forbid"):  # checked above
-            raise PolicyError(f"policy {cedar_id} of the combined set could not be identified")
-        policies[cedar_id] = _Policy(
-            cedar_id=cedar_id, id=policy_id, effect="permit" if effect == "permit" else "forbid"
-        )
-    return policy_set, policies
+    return line if default is None else default
 
 
 def _static_policies(text: str, name: str) -> list[tuple[str, dict[str, object]]]:
-    """The policies of ``text`` as Cedar JSON, in source order."""
+    """The policies of ``text`` in Cedar's JSON form, in source order."""
     est = json.loads(cedarpy.policies_to_json_str(text))
     if est.get("templates"):
         raise PolicyError(
@@ -462,21 +568,61 @@ def _annotation_id(body: Mapping[str, object]) -> str | None:
     return policy_id if isinstance(policy_id, str) and policy_id.strip() else None
 
 
-def _validate(text: str, schema_text: str, policies: Mapping[str, _Policy]) -> None:
+def _scope_actions(scope: object) -> frozenset[str] | None:
+    """The actions an action scope (``action == A``, ``action in [A, B]``) can match.
+
+    ``None`` (any action) for ``action`` alone and for anything not understood.
+    The engine puts no action groups in its requests, so ``in`` matches only
+    the actions listed.
+    """
+    if not isinstance(scope, dict):
+        return None
+    if scope.get("op") == "==" or (scope.get("op") == "in" and "entity" in scope):
+        entities = [scope.get("entity")]
+    elif scope.get("op") == "in" and isinstance(scope.get("entities"), list):
+        entities = scope["entities"]
+    else:
+        return None
+    actions = set()
+    for entity in entities:
+        if not isinstance(entity, dict) or entity.get("type") != _ACTION_TYPE:
+            return None
+        if entity.get("id") not in _ACTIONS:
+            return None
+        actions.add(str(entity["id"]))
+    return frozenset(actions)
+
+
+def _scope_types(scope: object) -> frozenset[str] | None:
+    """The resource types a resource scope (``resource is T``, ``resource == T::"x"``) can match."""
+    if not isinstance(scope, dict):
+        return None
+    if scope.get("op") == "is" and isinstance(scope.get("entity_type"), str):
+        return frozenset({scope["entity_type"]})
+    entity = scope.get("entity")
+    if scope.get("op") == "==" and isinstance(entity, dict) and isinstance(entity.get("type"), str):
+        return frozenset({entity["type"]})
+    return None
+
+
+def _parse_schema(text: str) -> cedarpy.Schema:
     try:
-        schema = cedarpy.Schema.from_str(schema_text)
+        return cedarpy.Schema.from_str(text)
     except ValueError as exc:
         raise PolicyError(f"the Cedar schema does not parse: {exc}") from exc
+
+
+def _validate(text: str, name: str, schema: cedarpy.Schema) -> None:
     result = cedarpy.validate_policies(text, schema)
     if result.validation_passed:
         return
-    problems = []
-    for error in result.errors:
-        policy = policies.get(error.policy_id)
-        label = policy.id if policy is not None else error.policy_id or "policies"
-        problems.append(f"{label}: {error.error}")
+    ids = {cedar_id: _annotation_id(body) for cedar_id, body in _static_policies(text, name)}
+    problems = [
+        f"{ids.get(error.policy_id) or error.policy_id or name}: {error.error}"
+        for error in result.errors
+    ]
     raise PolicyError(
-        "policies do not validate against the schema: "
+        f"{name} does not validate against the policy schema: "
         + "; ".join(problems)
-        + ". Fix the policy, or extend the schema if it names a new attribute"
+        + ". Fix the policy, or extend the schema if it uses a new attribute"
     )
