@@ -13,7 +13,7 @@ from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
 
 from conftest import Tenancy, ctx
-from qustody.domain.errors import Forbidden, NotFound
+from qustody.domain.errors import Forbidden, InvalidRequest, NotFound
 from qustody.domain.vocabulary import Role
 from qustody.identity.errors import (
     AlreadyInitialized,
@@ -91,9 +91,20 @@ def test_scopes_narrow_what_a_token_may_do(tenancy: Tenancy) -> None:
     assert caller.scopes == frozenset({"backend"})
     with pytest.raises(Forbidden):
         services.admin.list_projects(caller, ctx())
-    # and a narrow token cannot mint a wider one
-    with pytest.raises(Exception, match="exceed"):
-        services.admin.issue_token(caller, ctx(), principal_name=None, scopes=["*"], ttl_seconds=60)
+    # without the token scope it cannot mint tokens at all
+    with pytest.raises(Forbidden):
+        services.admin.issue_token(caller, ctx(), principal_name=None, scopes=None, ttl_seconds=60)
+    # and with it, only narrower ones
+    minter = services.tokens.authenticate(
+        services.admin.issue_token(
+            tenancy.developer, ctx(), principal_name=None, scopes=["backend", "token"],
+            ttl_seconds=60,
+        ).token
+    )
+    with pytest.raises(InvalidRequest, match="exceed"):
+        services.admin.issue_token(minter, ctx(), principal_name=None, scopes=["*"], ttl_seconds=60)
+    narrower = services.admin.issue_token(minter, ctx(), principal_name=None, scopes=None, ttl_seconds=60)
+    assert narrower.scopes == ("backend", "token")
 
 
 def test_platform_is_initialized_once(tenancy: Tenancy) -> None:

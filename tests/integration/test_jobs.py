@@ -25,6 +25,7 @@ measure q -> c;
 
 
 def submit(tenancy: Tenancy, qasm: str = GHZ3, **kw: object) -> str:
+    principal = kw.pop("principal", None) or tenancy.developer
     spec = SubmitRequest(
         project=str(kw.pop("project", "research")),
         backend=str(kw.pop("backend", "aer-statevector")),
@@ -32,7 +33,6 @@ def submit(tenancy: Tenancy, qasm: str = GHZ3, **kw: object) -> str:
         qasm=qasm,
         **kw,  # type: ignore[arg-type]
     )
-    principal = kw.pop("principal", None) or tenancy.developer
     return tenancy.runtime.services.jobs.submit(principal, ctx(), spec).id  # type: ignore[arg-type]
 
 
