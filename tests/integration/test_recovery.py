@@ -29,12 +29,13 @@ def _worker_process(tmp_path: Path, database_url: str) -> subprocess.Popen[bytes
         QUSTODY_LEASE_SECONDS="2",
         QUSTODY_IDLE_POLL_SECONDS="0.5",
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "qustody.cli", "worker", "--slots", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    with (tmp_path / "worker.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qustody.cli", "worker", "--slots", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _state(tenancy: Tenancy, job_id: str) -> str:

@@ -346,7 +346,8 @@ def test_parse_timeout_kills_the_parser_and_the_pool_recovers(pool: CircuitParse
 
 
 def test_parse_memory_limit_and_the_pool_recovers() -> None:
-    source = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\n' + "h q[0];\n" * 60_000
+    # 2 million gates from 2000 statements: far more than 16 MiB once parsed.
+    source = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1000];\n' + "h q;\n" * 2000
     with CircuitParserPool(size=1, memory_bytes=16 * 1024 * 1024) as small:
         error = refused(source, small)
         assert (error.code, error.field) == ("circuit_parse_resources", "qasm")
@@ -403,7 +404,9 @@ def test_custom_clifford_gate_is_fine_on_the_stabilizer_backend(pool: CircuitPar
 
 
 def test_opaque_gate_is_unsupported_everywhere(pool: CircuitParserPool) -> None:
-    info = validate('OPENQASM 2.0;\ninclude "qelib1.inc";\nopaque magic a;\nqreg q[1];\nmagic q[0];\n', pool)
+    info = validate(
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nopaque magic a;\nqreg q[1];\nmagic q[0];\n', pool
+    )
     for name in ("aer-statevector", "aer-stabilizer", "aer-automatic"):
         with pytest.raises(QustodyError) as caught:
             check_against_backend(info, backend(name), 10)
