@@ -2,67 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Tenancy, make_settings, seed
 from qustody.api.app import build_runtime
-
-ROLE_PRINCIPALS = {
-    "tenant-admin": ("acme-admin", "acme"),
-    "developer": ("acme-dev", "acme"),
-    "viewer": ("acme-view", "acme"),
-    "outsider": ("globex-dev", "globex"),
-    "platform-admin": ("root", "platform"),
-}
-
-
-@dataclass
-class Gateway:
-    url: str
-    tenancy: Tenancy
-    data_dir: Path
-    database_url: str
-
-    def token_for(self, role: str) -> str:
-        name, tenant = ROLE_PRINCIPALS[role]
-        return self.tenancy.token_for(name, tenant)
-
-    @property
-    def tenant_admin_token(self) -> str:
-        return self.token_for("tenant-admin")
-
-    @property
-    def developer_token(self) -> str:
-        return self.token_for("developer")
-
-    @property
-    def viewer_token(self) -> str:
-        return self.token_for("viewer")
-
-    @property
-    def project_id(self) -> str:
-        return self.tenancy.project_id
-
-    def env(self, token: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
-        env.update(
-            QUSTODY_URL=self.url,
-            QUSTODY_DATA_DIR=str(self.data_dir),
-            QUSTODY_DATABASE_URL=self.database_url,
-        )
-        if token:
-            env["QUSTODY_TOKEN"] = token
-        return env
+from support import Gateway, make_settings, seed
 
 
 def _free_port() -> int:
@@ -112,7 +62,3 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def http(gateway: Gateway) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         yield client
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}

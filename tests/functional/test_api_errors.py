@@ -12,10 +12,18 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
-from functional.conftest import Gateway, auth
+from support import Gateway, auth
 
 GOOD = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\nmeasure q -> c;\n'
-LEAKS = ("Traceback", 'File "', "root:x:0:0", "/etc/passwd:", "sqlalchemy", "psycopg", "site-packages")
+LEAKS = (
+    "Traceback",
+    'File "',
+    "root:x:0:0",
+    "/etc/passwd:",
+    "sqlalchemy",
+    "psycopg",
+    "site-packages",
+)
 
 
 def check_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
@@ -32,7 +40,12 @@ def check_problem(response: httpx.Response, status: int, code: str) -> dict[str,
 
 
 def job(**overrides: object) -> dict[str, object]:
-    return {"project": "research", "backend": "aer-statevector", "shots": 100, "qasm": GOOD} | overrides
+    return {
+        "project": "research",
+        "backend": "aer-statevector",
+        "shots": 100,
+        "qasm": GOOD,
+    } | overrides
 
 
 @pytest.fixture
@@ -41,12 +54,18 @@ def dev(gateway: Gateway) -> dict[str, str]:
 
 
 def test_malformed_json(http: httpx.Client, dev: dict[str, str]) -> None:
-    r = http.post("/v1/jobs", content=b'{"project": "research", ', headers=dev | {"content-type": "application/json"})
+    r = http.post(
+        "/v1/jobs",
+        content=b'{"project": "research", ',
+        headers=dev | {"content-type": "application/json"},
+    )
     check_problem(r, 400, "malformed_json")
 
 
 def test_wrong_type(http: httpx.Client, dev: dict[str, str]) -> None:
-    body = check_problem(http.post("/v1/jobs", json=job(shots="many"), headers=dev), 422, "invalid_type")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(shots="many"), headers=dev), 422, "invalid_type"
+    )
     assert body["field"] == "shots"
 
 
@@ -62,26 +81,36 @@ def test_unknown_field(http: httpx.Client, dev: dict[str, str]) -> None:
 
 
 def test_unknown_backend(http: httpx.Client, dev: dict[str, str]) -> None:
-    body = check_problem(http.post("/v1/jobs", json=job(backend="ibm_quantum_falcon"), headers=dev), 422, "unknown_backend")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(backend="ibm_quantum_falcon"), headers=dev),
+        422,
+        "unknown_backend",
+    )
     assert body["field"] == "backend"
     assert "aer-statevector" in str(body["detail"])
 
 
 def test_too_many_shots(http: httpx.Client, dev: dict[str, str]) -> None:
-    body = check_problem(http.post("/v1/jobs", json=job(shots=10**9), headers=dev), 422, "too_many_shots")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(shots=10**9), headers=dev), 422, "too_many_shots"
+    )
     assert body["field"] == "shots"
     assert "100000" in str(body["detail"]).replace(",", "")
 
 
 def test_forbidden_include(http: httpx.Client, dev: dict[str, str]) -> None:
     qasm = 'OPENQASM 2.0;\ninclude "/etc/passwd";\nqreg q[1];\n'
-    body = check_problem(http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 422, "forbidden_include")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 422, "forbidden_include"
+    )
     assert str(body["job_id"]).startswith("job_")
 
 
 def test_malformed_circuit_names_the_line(http: httpx.Client, dev: dict[str, str]) -> None:
     qasm = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0]\ncx q[0] q[1];\n'
-    body = check_problem(http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 422, "invalid_circuit")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 422, "invalid_circuit"
+    )
     assert "line" in str(body["detail"]).lower()
 
 
@@ -90,17 +119,25 @@ def test_oversize_register(http: httpx.Client, dev: dict[str, str]) -> None:
     started = time.monotonic()
     r = http.post("/v1/jobs", json=job(qasm=qasm), headers=dev)
     check_problem(r, 422, "too_many_qubits")
-    assert time.monotonic() - started < 30  # refused before parsing; generous bound, not a benchmark
+    assert (
+        time.monotonic() - started < 30
+    )  # refused before parsing; generous bound, not a benchmark
 
 
 def test_oversize_circuit(http: httpx.Client, dev: dict[str, str]) -> None:
     qasm = GOOD + "// " + "x" * (1024 * 1024) + "\n"
-    body = check_problem(http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 413, "circuit_too_large")
+    body = check_problem(
+        http.post("/v1/jobs", json=job(qasm=qasm), headers=dev), 413, "circuit_too_large"
+    )
     assert body["field"] == "qasm"
 
 
 def test_oversize_body(http: httpx.Client, dev: dict[str, str]) -> None:
-    r = http.post("/v1/jobs", content=b"x" * (3 * 1024 * 1024), headers=dev | {"content-type": "application/json"})
+    r = http.post(
+        "/v1/jobs",
+        content=b"x" * (3 * 1024 * 1024),
+        headers=dev | {"content-type": "application/json"},
+    )
     check_problem(r, 413, "request_too_large")
 
 
@@ -117,7 +154,9 @@ def test_malformed_token(http: httpx.Client) -> None:
 def test_forged_token(http: httpx.Client, gateway: Gateway) -> None:
     real = gateway.developer_token
     claims = json.loads(base64.urlsafe_b64decode(real.split(".")[1] + "=="))
-    forged = jwt.encode({"alg": "Ed25519"}, claims, OKPKey.generate_key("Ed25519"), algorithms=["Ed25519"])
+    forged = jwt.encode(
+        {"alg": "Ed25519"}, claims, OKPKey.generate_key("Ed25519"), algorithms=["Ed25519"]
+    )
     check_problem(http.get("/v1/jobs", headers=auth(forged)), 401, "invalid_token")
 
 
@@ -129,18 +168,26 @@ def test_expired_token(http: httpx.Client, gateway: Gateway) -> None:
 
 
 def test_revoked_token(http: httpx.Client, gateway: Gateway) -> None:
-    issued = http.post("/v1/tokens", json={"ttl_seconds": 300}, headers=auth(gateway.developer_token)).json()
-    assert http.delete(f"/v1/tokens/{issued['jti']}", headers=auth(issued["token"])).status_code == 204
+    issued = http.post(
+        "/v1/tokens", json={"ttl_seconds": 300}, headers=auth(gateway.developer_token)
+    ).json()
+    assert (
+        http.delete(f"/v1/tokens/{issued['jti']}", headers=auth(issued["token"])).status_code == 204
+    )
     check_problem(http.get("/v1/jobs", headers=auth(issued["token"])), 401, "revoked_token")
 
 
 def test_token_ttl_over_limit(http: httpx.Client, dev: dict[str, str]) -> None:
-    body = check_problem(http.post("/v1/tokens", json={"ttl_seconds": 86400}, headers=dev), 422, "invalid_ttl")
+    body = check_problem(
+        http.post("/v1/tokens", json={"ttl_seconds": 86400}, headers=dev), 422, "invalid_ttl"
+    )
     assert body["field"] == "ttl_seconds"
 
 
 def test_unknown_job_and_route(http: httpx.Client, dev: dict[str, str]) -> None:
-    check_problem(http.get("/v1/jobs/job_01JZZZZZZZZZZZZZZZZZZZZZZZ", headers=dev), 404, "not_found")
+    check_problem(
+        http.get("/v1/jobs/job_01JZZZZZZZZZZZZZZZZZZZZZZZ", headers=dev), 404, "not_found"
+    )
     check_problem(http.get("/v1/jobs/../../etc/passwd", headers=dev), 404, "no_such_endpoint")
     check_problem(http.get("/v1/nothing", headers=dev), 404, "no_such_endpoint")
     check_problem(http.put("/v1/jobs", headers=dev), 405, "method_not_allowed")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from functional.conftest import Gateway
+from support import Gateway
 
 GHZ = Path(__file__).resolve().parents[2] / "examples" / "ghz.qasm"
 
@@ -25,8 +25,20 @@ def qustody(gateway: Gateway, token: str | None, *args: str) -> subprocess.Compl
 
 def test_submit_wait_result_and_listings(gateway: Gateway) -> None:
     token = gateway.developer_token
-    submitted = qustody(gateway, token, "submit", str(GHZ), "--backend", "aer-statevector",
-                        "--shots", "200", "--project", "research", "--seed", "11")
+    submitted = qustody(
+        gateway,
+        token,
+        "submit",
+        str(GHZ),
+        "--backend",
+        "aer-statevector",
+        "--shots",
+        "200",
+        "--project",
+        "research",
+        "--seed",
+        "11",
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     assert job_id.startswith("job_")
@@ -54,15 +66,42 @@ def test_admin_flow_through_the_cli(gateway: Gateway) -> None:
     created = qustody(gateway, root, "tenant", "create", "initech", "--admin", "lumbergh")
     assert created.returncode == 0, created.stderr
     tenant_token = created.stdout.strip()
-    assert qustody(gateway, tenant_token, "project", "create", "tps", "--data-class",
-                   "confidential").returncode == 0
-    added = qustody(gateway, tenant_token, "member", "add", "milton", "--role", "developer",
-                    "--project", "tps", "--json")
+    assert (
+        qustody(
+            gateway, tenant_token, "project", "create", "tps", "--data-class", "confidential"
+        ).returncode
+        == 0
+    )
+    added = qustody(
+        gateway,
+        tenant_token,
+        "member",
+        "add",
+        "milton",
+        "--role",
+        "developer",
+        "--project",
+        "tps",
+        "--json",
+    )
     assert json.loads(added.stdout)["role"] == "developer"
     members = json.loads(qustody(gateway, tenant_token, "member", "list", "--json").stdout)
     assert {m["name"] for m in members} == {"lumbergh", "milton"}
-    milton = qustody(gateway, tenant_token, "token", "issue", "--principal", "milton",
-                     "--scope", "job", "--scope", "result", "--ttl", "300", "--json")
+    milton = qustody(
+        gateway,
+        tenant_token,
+        "token",
+        "issue",
+        "--principal",
+        "milton",
+        "--scope",
+        "job",
+        "--scope",
+        "result",
+        "--ttl",
+        "300",
+        "--json",
+    )
     issued = json.loads(milton.stdout)
     assert issued["scopes"] == ["job", "result"]
     projects = json.loads(qustody(gateway, issued["token"], "jobs", "list", "--json").stdout)
@@ -72,13 +111,29 @@ def test_admin_flow_through_the_cli(gateway: Gateway) -> None:
 
 
 def test_errors_print_detail_and_code_without_a_trace(gateway: Gateway) -> None:
-    out = qustody(gateway, gateway.developer_token, "submit", str(GHZ), "--backend", "nope",
-                  "--project", "research")
+    out = qustody(
+        gateway,
+        gateway.developer_token,
+        "submit",
+        str(GHZ),
+        "--backend",
+        "nope",
+        "--project",
+        "research",
+    )
     assert out.returncode == 1
     assert "[unknown_backend]" in out.stderr
     assert "Traceback" not in out.stderr
-    viewer = qustody(gateway, gateway.viewer_token, "submit", str(GHZ), "--backend",
-                     "aer-statevector", "--project", "research")
+    viewer = qustody(
+        gateway,
+        gateway.viewer_token,
+        "submit",
+        str(GHZ),
+        "--backend",
+        "aer-statevector",
+        "--project",
+        "research",
+    )
     assert "[forbidden]" in viewer.stderr
     no_token = qustody(gateway, None, "jobs", "list")
     assert no_token.returncode != 0

@@ -10,11 +10,11 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
-from functional.conftest import Gateway, auth
 from qustody.api.routes import admin, health, jobs
 from qustody.api.routes.common import ACTION_KEY
 from qustody.domain.vocabulary import Action
 from qustody.storage import models as m
+from support import Gateway, auth
 
 ROUTES = [r for mod in (admin, health, jobs) for r in mod.router.routes if isinstance(r, APIRoute)]
 PUBLIC = {"/v1/health", "/v1/ready"}
@@ -77,20 +77,23 @@ BODIES = {
 }
 
 
-def test_denials_are_audited_under_the_routes_action(
-    http: httpx.Client, gateway: Gateway
-) -> None:
+def test_denials_are_audited_under_the_routes_action(http: httpx.Client, gateway: Gateway) -> None:
     """A token scoped to nothing but ``tenant`` is denied everywhere else; each
     denial must land in the audit log as the route's own action."""
     issued = http.post(
-        "/v1/tokens", json={"scopes": ["tenant"], "ttl_seconds": 300},
+        "/v1/tokens",
+        json={"scopes": ["tenant"], "ttl_seconds": 300},
         headers=auth(gateway.developer_token),
     ).json()
     narrow = auth(issued["token"])
     job_id = http.post(
         "/v1/jobs",
-        json={"project": "research", "backend": "aer-statevector", "shots": 10,
-              "qasm": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nmeasure q -> c;'},
+        json={
+            "project": "research",
+            "backend": "aer-statevector",
+            "shots": 10,
+            "qasm": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nmeasure q -> c;',
+        },
         headers=auth(gateway.developer_token),
     ).json()["id"]
     checked = 0

@@ -103,7 +103,8 @@ def test_unknown_backend_error() -> None:
         default_registry().get("aer-nope")
     error = caught.value
     assert (error.code, error.status, error.field) == ("unknown_backend", 422, "backend")
-    assert "aer-statevector" in error.detail and "aer-nope" in error.detail
+    assert "aer-statevector" in error.detail
+    assert "aer-nope" in error.detail
 
 
 def test_duplicate_names_are_refused() -> None:
@@ -143,7 +144,8 @@ def test_missing_seed_is_chosen_and_reported(sandbox: Sandbox) -> None:
 
 def test_memory(sandbox: Sandbox) -> None:
     result = run(sandbox, GHZ2, shots=300, memory=True)
-    assert result.memory is not None and len(result.memory) == 300
+    assert result.memory is not None
+    assert len(result.memory) == 300
     assert set(result.memory) <= {"00000", "11111"}
     assert {shot: result.memory.count(shot) for shot in set(result.memory)} == result.counts
 
@@ -200,7 +202,8 @@ def test_the_child_refuses_includes_too(sandbox: Sandbox) -> None:
     )
     assert isinstance(outcome, ExecutionFailure)
     assert outcome.code == "execution_error"
-    assert "/etc/passwd" in outcome.detail and "root:" not in outcome.detail
+    assert "/etc/passwd" in outcome.detail
+    assert "root:" not in outcome.detail
 
 
 def test_shots_outside_the_backend_range_fail(sandbox: Sandbox) -> None:

@@ -12,7 +12,6 @@ from joserfc import jwt
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
 
-from conftest import Tenancy, ctx
 from qustody.domain.errors import Forbidden, InvalidRequest, NotFound
 from qustody.domain.vocabulary import Role
 from qustody.identity.errors import (
@@ -26,6 +25,7 @@ from qustody.identity.errors import (
 )
 from qustody.identity.tokens import ALGORITHM
 from qustody.storage import models as m
+from support import Tenancy, ctx
 
 
 def test_token_round_trip_builds_the_principal(tenancy: Tenancy) -> None:
@@ -33,7 +33,9 @@ def test_token_round_trip_builds_the_principal(tenancy: Tenancy) -> None:
     assert dev.name == "acme-dev"
     assert dev.scopes == frozenset({"*"})
     assert dev.roles_for(dev.project_roles[0][0]) == frozenset({Role.DEVELOPER})
-    assert "token=<redacted>" in repr(tenancy.runtime.services.admin.operator_token("acme-dev", "acme"))
+    assert "token=<redacted>" in repr(
+        tenancy.runtime.services.admin.operator_token("acme-dev", "acme")
+    )
 
 
 def test_tokens_live_at_most_the_configured_maximum(tenancy: Tenancy) -> None:
@@ -97,13 +99,18 @@ def test_scopes_narrow_what_a_token_may_do(tenancy: Tenancy) -> None:
     # and with it, only narrower ones
     minter = services.tokens.authenticate(
         services.admin.issue_token(
-            tenancy.developer, ctx(), principal_name=None, scopes=["backend", "token"],
+            tenancy.developer,
+            ctx(),
+            principal_name=None,
+            scopes=["backend", "token"],
             ttl_seconds=60,
         ).token
     )
     with pytest.raises(InvalidRequest, match="exceed"):
         services.admin.issue_token(minter, ctx(), principal_name=None, scopes=["*"], ttl_seconds=60)
-    narrower = services.admin.issue_token(minter, ctx(), principal_name=None, scopes=None, ttl_seconds=60)
+    narrower = services.admin.issue_token(
+        minter, ctx(), principal_name=None, scopes=None, ttl_seconds=60
+    )
     assert narrower.scopes == ("backend", "token")
 
 
@@ -115,7 +122,12 @@ def test_platform_is_initialized_once(tenancy: Tenancy) -> None:
 def test_names_are_unique(tenancy: Tenancy) -> None:
     admin = tenancy.runtime.services.admin
     with pytest.raises(NameTaken):
-        admin.create_project(tenancy.tenant_admin, ctx(), "research", __import__("qustody.domain.vocabulary", fromlist=["DataClass"]).DataClass.PUBLIC)
+        admin.create_project(
+            tenancy.tenant_admin,
+            ctx(),
+            "research",
+            __import__("qustody.domain.vocabulary", fromlist=["DataClass"]).DataClass.PUBLIC,
+        )
 
 
 def test_roles_decide_administration(tenancy: Tenancy) -> None:
@@ -126,7 +138,10 @@ def test_roles_decide_administration(tenancy: Tenancy) -> None:
         admin.create_project(tenancy.developer, ctx(), "sneaky", DataClass.PUBLIC)
     with pytest.raises(Forbidden):
         admin.add_member(
-            tenancy.developer, ctx(), principal_name="mallory", role=Role.TENANT_ADMIN,
+            tenancy.developer,
+            ctx(),
+            principal_name="mallory",
+            role=Role.TENANT_ADMIN,
             project_ref=None,
         )
     member = admin.add_member(
@@ -142,9 +157,9 @@ def test_other_tenants_look_missing(tenancy: Tenancy) -> None:
         admin.get_project(tenancy.developer, ctx(), tenancy.outsider_project_id)
     with pytest.raises(NotFound) as missing:
         admin.get_project(tenancy.developer, ctx(), "prj_01JZZZZZZZZZZZZZZZZZZZZZZZ")
-    assert foreign.value.detail.replace(tenancy.outsider_project_id, "X") == missing.value.detail.replace(
-        "prj_01JZZZZZZZZZZZZZZZZZZZZZZZ", "X"
-    )
+    assert foreign.value.detail.replace(
+        tenancy.outsider_project_id, "X"
+    ) == missing.value.detail.replace("prj_01JZZZZZZZZZZZZZZZZZZZZZZZ", "X")
     names = {p.name for p in admin.list_projects(tenancy.outsider, ctx())}
     assert names == {"research"}
     with pytest.raises(NotFound):
@@ -170,9 +185,7 @@ def test_denials_are_audited_without_secrets(tenancy: Tenancy) -> None:
     with pytest.raises(Forbidden):
         admin.create_project(tenancy.viewer, ctx(), "nope", DataClass.PUBLIC)
     with tenancy.runtime.services.db.read() as session:
-        denied = session.scalars(
-            select(m.AuditEvent).where(m.AuditEvent.outcome == "denied")
-        ).all()
+        denied = session.scalars(select(m.AuditEvent).where(m.AuditEvent.outcome == "denied")).all()
     assert denied
     event = denied[-1]
     assert event.event_type == "project:create"

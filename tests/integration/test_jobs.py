@@ -7,11 +7,11 @@ import json
 import pytest
 from sqlalchemy import select
 
-from conftest import Tenancy, ctx
 from qustody.domain.errors import Forbidden, NotFound, QustodyError
 from qustody.jobs.service import SubmitRequest
 from qustody.jobs.worker import Worker
 from qustody.storage import models as m
+from support import Tenancy, ctx
 
 GHZ3 = """OPENQASM 2.0;
 include "qelib1.inc";
@@ -58,7 +58,11 @@ def test_a_job_travels_end_to_end(tenancy: Tenancy, worker: Worker) -> None:
     job = jobs.get(tenancy.developer, ctx(), job_id)
     assert job.state == "completed"
     assert [t.to_state for t in job.transitions or ()] == [
-        "submitted", "validated", "queued", "running", "completed",
+        "submitted",
+        "validated",
+        "queued",
+        "running",
+        "completed",
     ]
     result = jobs.result(tenancy.viewer, ctx(), job_id)
     assert set(result.counts) <= {"000", "111"}
@@ -69,18 +73,27 @@ def test_a_job_travels_end_to_end(tenancy: Tenancy, worker: Worker) -> None:
 
 
 def test_payloads_are_stored_only_encrypted(tenancy: Tenancy, worker: Worker) -> None:
-    job_id = submit(tenancy, GHZ3.replace("qreg q[3]", "qreg secretname[3]").replace(" q[", " secretname[").replace("q ->", "secretname ->"))
+    job_id = submit(
+        tenancy,
+        GHZ3.replace("qreg q[3]", "qreg secretname[3]")
+        .replace(" q[", " secretname[")
+        .replace("q ->", "secretname ->"),
+    )
     run_one(worker)
     db = tenancy.runtime.services.db
     with db.read() as session:
-        sealed = session.scalars(select(m.SealedObject).where(m.SealedObject.object_id == job_id)).all()
+        sealed = session.scalars(
+            select(m.SealedObject).where(m.SealedObject.object_id == job_id)
+        ).all()
         audit = session.scalars(select(m.AuditEvent)).all()
     assert {s.field for s in sealed} == {"circuit", "result"}
     for blob in sealed:
         assert b"secretname" not in blob.envelope
         assert b"OPENQASM" not in blob.envelope
         assert b"counts" not in blob.envelope
-    dumped = json.dumps([{c.name: str(getattr(e, c.name)) for c in m.AuditEvent.__table__.columns} for e in audit])
+    dumped = json.dumps(
+        [{c.name: str(getattr(e, c.name)) for c in m.AuditEvent.__table__.columns} for e in audit]
+    )
     assert "secretname" not in dumped
     assert "OPENQASM" not in dumped
 

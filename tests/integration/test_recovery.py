@@ -11,14 +11,16 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from conftest import Tenancy, ctx
 from qustody.jobs.service import SubmitRequest
 from qustody.storage import models as m
+from support import Tenancy, ctx
 
 # A circuit that keeps the sandbox busy for a few seconds (deep statevector work).
-SLOW = "OPENQASM 2.0;\ninclude \"qelib1.inc\";\nqreg q[20];\ncreg c[20];\n" + "".join(
-    f"h q[{i % 20}];\ncx q[{i % 20}], q[{(i + 1) % 20}];\n" for i in range(600)
-) + "measure q -> c;\n"
+SLOW = (
+    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[20];\ncreg c[20];\n'
+    + "".join(f"h q[{i % 20}];\ncx q[{i % 20}], q[{(i + 1) % 20}];\n" for i in range(600))
+    + "measure q -> c;\n"
+)
 
 
 def _worker_process(tmp_path: Path, database_url: str) -> subprocess.Popen[bytes]:

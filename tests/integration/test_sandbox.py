@@ -29,6 +29,7 @@ from qustody.domain.models import (
 )
 from qustody.executors.aer import aer_backends
 from qustody.executors.errors import SandboxUnavailable
+from qustody.executors.interfaces import Backend
 from qustody.executors.registry import BackendRegistry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 
@@ -121,7 +122,7 @@ def _probe() -> dict[str, str | int | float | bool]:
 
 
 def registry() -> BackendRegistry:
-    backends: list[object] = [
+    backends: list[Backend] = [
         *aer_backends(),
         FaultBackend("abort"),
         FaultBackend("segfault"),
@@ -131,18 +132,25 @@ def registry() -> BackendRegistry:
         FaultBackend("spin"),
         FaultBackend("probe"),
     ]
-    return BackendRegistry(backends)  # type: ignore[arg-type]
+    return BackendRegistry(backends)
 
 
-def request(backend: str, circuit: str = GHZ5, **options: object) -> ExecutionRequest:
+def request(
+    backend: str,
+    circuit: str = GHZ5,
+    *,
+    shots: int = 1,
+    seed: int | None = None,
+    memory: bool = False,
+) -> ExecutionRequest:
     return ExecutionRequest(
         job_id=new_job_id(),
         backend=backend,
         circuit=circuit,
         circuit_format="qasm2",
-        shots=int(options.get("shots", 1)),  # type: ignore[call-overload]
-        seed=options.get("seed"),  # type: ignore[arg-type]
-        memory=bool(options.get("memory", False)),
+        shots=shots,
+        seed=seed,
+        memory=memory,
     )
 
 
@@ -179,7 +187,7 @@ def test_memory_limit_python_allocation(sandbox: Sandbox) -> None:
 
 def test_memory_limit_leaves_the_budget_usable() -> None:
     # Half the budget is there to use: the limit is measured from the baseline.
-    box_registry = BackendRegistry([FaultBackend("allocate", 128 * MIB)])  # type: ignore[list-item]
+    box_registry = BackendRegistry([FaultBackend("allocate", 128 * MIB)])
     with Sandbox(LIMITS, box_registry) as box:
         outcome = box.execute(request("fault-allocate"))
     assert isinstance(outcome, ExecutionResult), outcome
@@ -246,7 +254,7 @@ def test_cancellation(sandbox: Sandbox) -> None:
     timer.join()
     assert time.monotonic() - started < 3
     assert outcome.code == "cancelled"
-    assert sandbox.execute(request("fault-sleep"), cancel_event=cancel).code == "cancelled"  # type: ignore[union-attr]
+    assert failure(sandbox.execute(request("fault-sleep"), cancel_event=cancel)).code == "cancelled"
     still_works(sandbox)
 
 

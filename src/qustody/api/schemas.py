@@ -192,7 +192,8 @@ class TenantCreated(Response):
 
 class ProjectCreate(Request):
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    data_class: DataClass = DataClass.INTERNAL
+    # Enums arrive as JSON strings; strict mode would demand enum instances.
+    data_class: Annotated[DataClass, Field(strict=False)] = DataClass.INTERNAL
 
 
 class Project(Response):
@@ -209,7 +210,7 @@ class ProjectList(Response):
 
 class MemberAdd(Request):
     principal: Annotated[str, Field(min_length=1, max_length=128)]
-    role: Role
+    role: Annotated[Role, Field(strict=False)]
     project: Annotated[str | None, Field(max_length=128)] = None
     kind: Annotated[str, Field(max_length=16)] = "user"
 

@@ -447,7 +447,9 @@ class JobService:
         return [backend.info for backend in self._registry.list()]
 
     def backend(self, caller: Principal, request: RequestContext, name: str) -> BackendInfo:
-        info = self._registry.get(name[:64]).info
+        if name not in self._registry:
+            raise not_found("backend", name[:64])
+        info = self._registry.get(name).info
         self._guard.check(
             caller, Action.BACKEND_READ, Resource("backend", info.name, None), request
         )

@@ -1,0 +1,594 @@
+"""Run each job in a fresh, limited process forked from a pre-warmed forkserver.
+
+How a job runs
+--------------
+1. The parent (a worker thread) asks Qustody's forkserver for a new process.
+   The forkserver imported Qiskit and Aer once, when it started, so the fork
+   costs milliseconds and no state survives from one job (or tenant) to the
+   next: every job gets a copy of the same clean, pre-import memory image.
+2. The child hardens itself before it reads anything (:func:`harden_process`):
+   stdio to /dev/null, every inherited descriptor but its own socket closed,
+   the environment replaced by a minimal whitelist, no core dumps, new session,
+   and the limits: ``RLIMIT_CPU``, and ``RLIMIT_AS`` at the address space the
+   preloaded imports use plus the memory budget (the baseline is measured in
+   the child, so the budget is what the job itself may allocate).
+3. The parent sends the job's :class:`ExecutionRequest` as JSON over a socket
+   pair (framed like ``Connection.send_bytes``); the child answers with JSON.
+   Client data is never pickled: only the backend object (server code and its
+   catalogue entry) and the limits are pickled, by ``multiprocessing``, to start
+   the child.
+4. The parent enforces the wall-clock limit and cancellation by killing the
+   child, and reads the child's answer without ever blocking past the
+   deadline. A child that dies without answering is classified from its exit
+   status.
+
+The environment, and when the forkserver starts
+-----------------------------------------------
+``multiprocessing`` starts the forkserver with the environment of the parent
+*at that moment*, and every child is a copy of the forkserver. Two defences:
+the forkserver's first preloaded module (``qustody.executors._child``) replaces
+the forkserver's environment with the minimal one and zeroes the original
+strings in memory before Qiskit is imported, and every child does the same
+again. Create the :class:`Sandbox` (or call :func:`acquire_forkserver`) early,
+at process start, so the forkserver also never sees state the parent builds
+later (opened key files, decrypted secrets: a fork copies memory, and the
+forkserver is forked from nothing but the interpreter, which is the point).
+
+The forkserver is process-wide (``multiprocessing`` keeps one); Qustody's users
+of it (sandboxes, the circuit parser pool) hold a reference through
+:func:`acquire_forkserver` and the last :func:`release_forkserver` stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import multiprocessing
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import forkserver, popen_forkserver, reduction, util
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.context import set_spawning_popen as _set_spawning_popen
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from qustody.domain.errors import ConfigurationError
+from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
+from qustody.executors import _child
+from qustody.executors._child import (
+    EXIT_SETUP_FAILED,
+    ChildConfig,
+    decode_outcome,
+    encode_request,
+    harden_process,
+)
+from qustody.executors.errors import FailureCode, SandboxUnavailable, UnknownBackend
+from qustody.executors.registry import BackendRegistry, default_registry
+
+__all__ = [
+    "FORKSERVER_PRELOAD",
+    "Sandbox",
+    "SandboxLimits",
+    "acquire_forkserver",
+    "harden_process",
+    "process_exitcode",
+    "release_forkserver",
+    "start_isolated_process",
+    "terminate_isolated_process",
+]
+
+log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+_GIB = 1024 * _MIB
+
+#: Imported once by the forkserver. ``_child`` first: it scrubs the forkserver's
+#: environment before anything else (numpy, Aer) reads it, then imports the rest
+#: itself and freezes the garbage collector (see ``_child._bootstrap_forkserver``).
+FORKSERVER_PRELOAD: tuple[str, ...] = ("qustody.executors._child", *_child.PRELOAD_MODULES)
+
+#: How often a waiting parent looks at the cancel event.
+_POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    """Per-job limits. Each job gets all of them; N concurrent jobs use N times."""
+
+    #: CPU seconds (RLIMIT_CPU): SIGXCPU at this, SIGKILL one second later.
+    cpu_seconds: int = 120
+    #: Memory the job may allocate above the preloaded interpreter (RLIMIT_AS).
+    memory_bytes: int = 2 * _GIB
+    #: Wall-clock seconds from start to answer; the parent kills the child after.
+    wall_seconds: float = 300.0
+    #: Simulator threads per job (Aer's ``max_parallel_threads``, OMP_NUM_THREADS).
+    threads: int = 1
+    #: Largest answer (JSON) a child may send back.
+    max_output_bytes: int = 64 * _MIB
+    #: Largest request (JSON) a child accepts.
+    max_request_bytes: int = 16 * _MIB
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_seconds", "memory_bytes", "threads", "max_output_bytes",
+                     "max_request_bytes"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"sandbox limit {name} must be a positive integer")
+        if not self.wall_seconds > 0:
+            raise ConfigurationError("sandbox limit wall_seconds must be positive")
+        if self.max_request_bytes > 0x7FFFFFFF:
+            raise ConfigurationError("sandbox limit max_request_bytes must be below 2 GiB")
+
+    def child_config(self) -> ChildConfig:
+        return ChildConfig(
+            cpu_seconds=self.cpu_seconds,
+            memory_bytes=self.memory_bytes,
+            threads=self.threads,
+            max_request_bytes=self.max_request_bytes,
+            max_output_bytes=self.max_output_bytes,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The forkserver and its processes
+# --------------------------------------------------------------------------------------
+
+_forkserver_lock = threading.Lock()
+_forkserver_users = 0
+#: Serialises Process.start() and exit-status reads: multiprocessing polls
+#: other children while starting one, and two threads reading one status pipe
+#: would lose the status.
+_process_lock = threading.Lock()
+
+
+def acquire_forkserver() -> ForkServerContext:
+    """Start (or share) the forkserver with Qustody's preload; pair with release."""
+    global _forkserver_users
+    with _forkserver_lock:
+        context = multiprocessing.get_context("forkserver")
+        server = forkserver._forkserver
+        if _forkserver_users == 0:
+            if getattr(server, "_forkserver_pid", None) is not None:
+                log.warning(
+                    "the multiprocessing forkserver was started before Qustody's sandbox; "
+                    "its children import Qiskit per job and keep its environment"
+                )
+            context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+        _forkserver_users += 1
+        try:
+            forkserver.ensure_running()
+        except OSError as exc:
+            _forkserver_users -= 1
+            raise SandboxUnavailable(f"the sandbox forkserver could not start: {exc}") from None
+        return context
+
+
+def release_forkserver() -> None:
+    """Drop one reference; the last one stops the forkserver."""
+    global _forkserver_users
+    with _forkserver_lock:
+        if _forkserver_users == 0:
+            return
+        _forkserver_users -= 1
+        if _forkserver_users == 0:
+            # ForkServer._stop is what CPython's own tests use; there is no public API.
+            stop: Callable[[], None] | None = getattr(forkserver._forkserver, "_stop", None)
+            if stop is not None:
+                stop()
+
+
+class _IsolatedPopen(popen_forkserver.Popen):
+    """Start a forkserver child with minimal preparation data.
+
+    The stock launcher sends the child the parent's ``sys.argv``, working
+    directory and ``multiprocessing`` authkey, and has it re-run the parent's
+    ``__main__`` script (on Python 3.11 the forkserver never preloads it), which
+    would import the whole server into every job. This launcher sends only the
+    process name, ``sys.path`` and a fresh random authkey.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        preparation = {
+            "name": process_obj.name,
+            "authkey": os.urandom(32),
+            "sys_path": list(sys.path),
+        }
+        buffer = io.BytesIO()
+        _set_spawning_popen(self)
+        try:
+            reduction.dump(preparation, buffer)
+            reduction.dump(process_obj, buffer)
+        finally:
+            _set_spawning_popen(None)
+        fds: list[int] = self._fds  # type: ignore[attr-defined]
+        self.sentinel, data_w = forkserver.connect_to_new_process(fds)
+        # Like the stock launcher: keep a duplicate of the data pipe as the
+        # child's "parent alive" sentinel, closed when this object goes.
+        parent_w = os.dup(data_w)
+        self.finalizer = util.Finalize(self, _close_fds, (parent_w, self.sentinel))
+        with open(data_w, "wb", closefd=True) as stream:
+            stream.write(buffer.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+class _IsolatedProcess(ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> _IsolatedPopen:  # noqa: N802 - multiprocessing's name
+        return _IsolatedPopen(process_obj)
+
+
+def start_isolated_process(
+    target: Callable[..., object], args: Sequence[object], *, name: str
+) -> BaseProcess:
+    """Start ``target(*args)`` in a forkserver child; the caller must hold a
+    forkserver reference. ``target`` and ``args`` are pickled: pass only server
+    objects and :class:`~multiprocessing.connection.Connection` ends, never
+    client data."""
+    process = _IsolatedProcess(target=target, args=tuple(args), name=name, daemon=True)
+    with _process_lock:
+        process.start()
+    return process
+
+
+def process_exitcode(process: BaseProcess, timeout: float = 0.0) -> int | None:
+    """The exit status once the process has ended (negative: killed by a signal)."""
+    if timeout > 0:
+        multiprocessing.connection.wait([process.sentinel], timeout)
+    with _process_lock:
+        return process.exitcode
+
+
+def _kill(process: BaseProcess) -> None:
+    """SIGKILL the process unless its exit was already reported.
+
+    The forkserver, not this process, reaps the child, so a pid could in
+    principle be reused between the child's exit and this call; checking the
+    reported status first keeps that window to the few microseconds between
+    the forkserver's ``waitpid`` and its status write.
+    """
+    if process.pid is None or process_exitcode(process) is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGKILL)
+
+
+def terminate_isolated_process(process: BaseProcess) -> int | None:
+    """Kill a process started by :func:`start_isolated_process` and reap it."""
+    _kill(process)
+    return _reap(process)
+
+
+def _reap(process: BaseProcess) -> int | None:
+    code = process_exitcode(process, timeout=5.0)
+    if code is None:
+        _kill(process)
+        code = process_exitcode(process, timeout=5.0)
+    if code is not None:
+        with _process_lock:
+            process.join(0)
+            process.close()
+    return code
+
+
+# --------------------------------------------------------------------------------------
+# The sandbox
+# --------------------------------------------------------------------------------------
+
+
+class _Frame:
+    """Incremental reader of one ``Connection.send_bytes`` frame."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.buffer = bytearray()
+        self.size: int | None = None
+        self.too_large = False
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        if self.size is None and len(self.buffer) >= 4:
+            (size,) = struct.unpack("!i", self.buffer[:4])
+            header = 4
+            if size == -1:
+                if len(self.buffer) < 12:
+                    return
+                (size,) = struct.unpack("!Q", self.buffer[4:12])
+                header = 12
+            if size < 0 or size > self.limit:
+                self.too_large = True
+                return
+            del self.buffer[:header]
+            self.size = size
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and len(self.buffer) >= self.size
+
+    def payload(self) -> bytes:
+        assert self.size is not None
+        return bytes(self.buffer[: self.size])
+
+
+def _failure(code: FailureCode, detail: str) -> ExecutionFailure:
+    return ExecutionFailure(code=str(code), detail=detail)
+
+
+class Sandbox:
+    """Runs jobs, one fresh process each; thread-safe, N jobs from N threads.
+
+    ``execute`` never raises for a job's failure: it returns an
+    :class:`ExecutionFailure` whose ``code`` is one of
+    :class:`~qustody.executors.errors.FailureCode`.
+    """
+
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        registry: BackendRegistry | None = None,
+        *,
+        start: bool = True,
+    ) -> None:
+        self.limits = limits or SandboxLimits()
+        self.registry = registry if registry is not None else default_registry()
+        self._lock = threading.Lock()
+        self._live: set[BaseProcess] = set()
+        self._closing = threading.Event()
+        self._context: ForkServerContext | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the forkserver now (it takes about a second: it imports Qiskit)."""
+        with self._lock:
+            if self._closing.is_set():
+                raise SandboxUnavailable("the sandbox is closed")
+            if self._context is None:
+                self._context = acquire_forkserver()
+
+    def close(self) -> None:
+        """Kill running jobs (they report ``cancelled``), release the forkserver."""
+        with self._lock:
+            if self._closing.is_set():
+                return
+            self._closing.set()
+            live = list(self._live)
+            context, self._context = self._context, None
+        for process in live:
+            _kill(process)
+        if context is not None:
+            release_forkserver()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def execute(
+        self,
+        request: ExecutionRequest,
+        cancel_event: threading.Event | None = None,
+    ) -> ExecutionResult | ExecutionFailure:
+        """Run one job in a fresh sandbox process; see the module docstring."""
+        self.start()
+        try:
+            backend = self.registry.get(request.backend)
+        except UnknownBackend as exc:
+            return _failure(FailureCode.UNKNOWN_BACKEND, exc.detail)
+        if cancel_event is not None and cancel_event.is_set():
+            return _failure(FailureCode.CANCELLED, "the job was cancelled before it started")
+        payload = encode_request(request)
+        if len(payload) > self.limits.max_request_bytes:
+            return _failure(
+                FailureCode.EXECUTION_ERROR,
+                f"the job is {len(payload)} bytes; the sandbox accepts at most "
+                f"{self.limits.max_request_bytes}",
+            )
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        diagnostics, child_diagnostics = multiprocessing.Pipe(duplex=False)
+        try:
+            try:
+                process = start_isolated_process(
+                    _child.sandbox_main,
+                    (child_end, child_diagnostics, backend, self.limits.child_config()),
+                    name=f"qustody-sandbox:{request.job_id}",
+                )
+            except OSError as exc:
+                raise SandboxUnavailable(f"could not start a sandbox process: {exc}") from None
+            finally:
+                child_end.close()
+                child_diagnostics.close()
+            with self._lock:
+                self._live.add(process)
+                closing = self._closing.is_set()
+            if closing:
+                _kill(process)
+            try:
+                return _Supervision(self, process, parent_end, diagnostics).run(
+                    payload, cancel_event
+                )
+            finally:
+                with self._lock:
+                    self._live.discard(process)
+                _reap(process)
+        finally:
+            parent_end.close()
+            diagnostics.close()
+
+
+#: Marks of an allocation failure in a dying process's stderr: Rust's
+#: ``handle_alloc_error``, C++'s ``std::bad_alloc``, Python's MemoryError.
+_ALLOCATION_FAILURE = (b"memory allocation of", b"bad_alloc", b"MemoryError", b"out of memory")
+_DIAGNOSTICS_TAIL = 8192
+
+
+class _Supervision:
+    """The parent's side of one job: feed the request, watch the child, read the answer.
+
+    Never blocks past the wall-clock deadline: both sockets are non-blocking
+    and multiplexed with the child's exit sentinel in one poll loop, which also
+    notices cancellation and shutdown every ``_POLL_SECONDS``.
+    """
+
+    def __init__(
+        self, sandbox: Sandbox, process: BaseProcess, conn: Connection, diagnostics: Connection
+    ) -> None:
+        self.sandbox = sandbox
+        self.limits = sandbox.limits
+        self.process = process
+        self.fd = conn.fileno()
+        self.diagnostics_fd = diagnostics.fileno()
+        self.tail = bytearray()
+        self.frame = _Frame(self.limits.max_output_bytes + 1024)
+
+    def run(
+        self, payload: bytes, cancel_event: threading.Event | None
+    ) -> ExecutionResult | ExecutionFailure:
+        limits, process, frame = self.limits, self.process, self.frame
+        deadline = time.monotonic() + limits.wall_seconds
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self.diagnostics_fd, False)
+        outgoing = memoryview(struct.pack("!i", len(payload)) + payload)
+        poller = select.poll()
+        poller.register(process.sentinel, select.POLLIN)
+        poller.register(self.fd, select.POLLIN | select.POLLOUT)
+        poller.register(self.diagnostics_fd, select.POLLIN)
+        child_gone = False
+        while not frame.complete:
+            if self.sandbox._closing.is_set():
+                _kill(process)
+                return _failure(
+                    FailureCode.CANCELLED, "the sandbox was shut down while the job ran"
+                )
+            if cancel_event is not None and cancel_event.is_set():
+                _kill(process)
+                return _failure(FailureCode.CANCELLED, "the job was cancelled while it ran")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _kill(process)
+                return _failure(
+                    FailureCode.TIMEOUT,
+                    f"the job ran longer than the wall-clock limit of {limits.wall_seconds:g} s; "
+                    "use fewer shots or a smaller circuit",
+                )
+            if child_gone:
+                break
+            for ready, mask in poller.poll(min(remaining, _POLL_SECONDS) * 1000):
+                if ready == process.sentinel:
+                    child_gone = True
+                    poller.unregister(process.sentinel)
+                elif ready == self.diagnostics_fd:
+                    if not self._read_diagnostics():
+                        poller.unregister(self.diagnostics_fd)
+                    continue
+                elif mask & select.POLLOUT and outgoing:
+                    try:
+                        sent = os.write(self.fd, outgoing[: 1 << 16])
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:  # the child is gone; its exit status says why
+                        outgoing, sent = memoryview(b""), 0
+                    outgoing = outgoing[sent:]
+                    if not outgoing:
+                        poller.modify(self.fd, select.POLLIN)
+                if ready == self.fd and mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    if not _drain(self.fd, frame):
+                        child_gone = True
+                    if frame.too_large:
+                        _kill(process)
+                        return _failure(
+                            FailureCode.OUTPUT_TOO_LARGE,
+                            f"the result is larger than the {limits.max_output_bytes} bytes the "
+                            "sandbox returns; use fewer shots or memory=false",
+                        )
+            if child_gone and not frame.complete:
+                _drain(self.fd, frame)  # it may have answered just before exiting
+        if not frame.complete:
+            self._read_diagnostics()
+            return self._classify()
+        try:
+            return decode_outcome(frame.payload())
+        except ValueError:
+            return _failure(FailureCode.PROTOCOL_ERROR, "the sandbox answered a malformed result")
+
+    def _read_diagnostics(self) -> bool:
+        """Keep the last few KiB the child wrote to stderr; False at end of stream."""
+        while True:
+            try:
+                data = os.read(self.diagnostics_fd, 1 << 16)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            self.tail += data
+            del self.tail[:-_DIAGNOSTICS_TAIL]
+
+    def _classify(self) -> ExecutionFailure:
+        """Why a child died without answering, from its exit status (and stderr tail)."""
+        code = process_exitcode(self.process, timeout=5.0)
+        limits = self.limits
+        budget = limits.memory_bytes // _MIB
+        if code is None:
+            _kill(self.process)
+            return _failure(FailureCode.CRASHED, "the sandbox closed its channel without a result")
+        if code == -signal.SIGXCPU:
+            return _failure(
+                FailureCode.CPU_LIMIT,
+                f"the job used more than its CPU limit of {limits.cpu_seconds} s; "
+                "use fewer shots or a smaller circuit",
+            )
+        if any(mark in self.tail for mark in _ALLOCATION_FAILURE):
+            return _failure(
+                FailureCode.MEMORY_LIMIT,
+                f"the job needed more memory than the sandbox allows ({budget} MiB); "
+                "use fewer qubits or shots",
+            )
+        if code == -signal.SIGKILL:
+            return _failure(
+                FailureCode.CRASHED,
+                "the sandbox was killed (SIGKILL): the CPU hard limit or the system's "
+                "out-of-memory killer",
+            )
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return _failure(FailureCode.CRASHED, f"the sandbox crashed ({name})")
+        if code == EXIT_SETUP_FAILED:
+            return _failure(FailureCode.CRASHED, "the sandbox process could not be set up")
+        return _failure(
+            FailureCode.CRASHED, f"the sandbox exited with status {code} without a result"
+        )
+
+
+def _drain(fd: int, frame: _Frame) -> bool:
+    """Read what is available into ``frame``; False at end of stream."""
+    while not frame.complete and not frame.too_large:
+        try:
+            data = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        frame.feed(data)
+    return True

@@ -1,0 +1,123 @@
+"""Helpers shared by the integration and functional tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from qustody.api.app import Runtime
+from qustody.domain.models import Principal, RequestContext
+from qustody.domain.vocabulary import DataClass, Role
+from qustody.settings import Settings, load_settings
+
+
+@dataclass
+class Tenancy:
+    """A tenant ``acme`` with project ``research`` and one principal per role,
+    plus a second tenant ``globex`` to test isolation against."""
+
+    runtime: Runtime
+    tenant_admin: Principal
+    developer: Principal
+    viewer: Principal
+    outsider: Principal  # developer in tenant globex
+    project_id: str
+    outsider_project_id: str
+
+    def token_for(self, name: str, tenant: str = "acme") -> str:
+        return self.runtime.services.admin.operator_token(name, tenant).token
+
+    def principal(self, name: str, tenant: str = "acme") -> Principal:
+        return self.runtime.services.tokens.authenticate(self.token_for(name, tenant))
+
+
+def ctx() -> RequestContext:
+    return RequestContext(request_id="req_test", client_addr="127.0.0.1", user_agent="pytest")
+
+
+def seed(runtime: Runtime) -> Tenancy:
+    services = runtime.services
+    admin = services.admin
+    admin.init_platform("root")
+    root = services.tokens.authenticate(admin.operator_token("root").token)
+    projects: dict[str, str] = {}
+    for tenant, tadmin in (("acme", "acme-admin"), ("globex", "globex-admin")):
+        admin.create_tenant(root, ctx(), tenant, tadmin)
+        boss = services.tokens.authenticate(admin.operator_token(tadmin, tenant).token)
+        project = admin.create_project(boss, ctx(), "research", DataClass.INTERNAL)
+        projects[tenant] = project.id
+        for name, role in (("dev", Role.DEVELOPER), ("view", Role.VIEWER)):
+            admin.add_member(
+                boss, ctx(), principal_name=f"{tenant}-{name}", role=role, project_ref="research"
+            )
+    tenancy = Tenancy(runtime, None, None, None, None, projects["acme"], projects["globex"])  # type: ignore[arg-type]
+    tenancy.tenant_admin = tenancy.principal("acme-admin")
+    tenancy.developer = tenancy.principal("acme-dev")
+    tenancy.viewer = tenancy.principal("acme-view")
+    tenancy.outsider = tenancy.principal("globex-dev", "globex")
+    return tenancy
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    return load_settings(  # type: ignore[arg-type]
+        {},
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        embedded_worker=False,
+        lease_seconds=2.0,
+        idle_poll_seconds=0.5,
+        **overrides,
+    )
+
+
+ROLE_PRINCIPALS = {
+    "tenant-admin": ("acme-admin", "acme"),
+    "developer": ("acme-dev", "acme"),
+    "viewer": ("acme-view", "acme"),
+    "outsider": ("globex-dev", "globex"),
+    "platform-admin": ("root", "platform"),
+}
+
+
+@dataclass
+class Gateway:
+    url: str
+    tenancy: Tenancy
+    data_dir: Path
+    database_url: str
+
+    def token_for(self, role: str) -> str:
+        name, tenant = ROLE_PRINCIPALS[role]
+        return self.tenancy.token_for(name, tenant)
+
+    @property
+    def tenant_admin_token(self) -> str:
+        return self.token_for("tenant-admin")
+
+    @property
+    def developer_token(self) -> str:
+        return self.token_for("developer")
+
+    @property
+    def viewer_token(self) -> str:
+        return self.token_for("viewer")
+
+    @property
+    def project_id(self) -> str:
+        return self.tenancy.project_id
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
+        env.update(
+            QUSTODY_URL=self.url,
+            QUSTODY_DATA_DIR=str(self.data_dir),
+            QUSTODY_DATABASE_URL=self.database_url,
+        )
+        if token:
+            env["QUSTODY_TOKEN"] = token
+        return env
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
