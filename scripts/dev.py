@@ -40,7 +40,7 @@ def _fingerprint() -> str:
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (this script runs before the venv exists)
         sys.exit(f"Qustody needs Python 3.11 or newer; this is {sys.version.split()[0]}.")
     wanted = _fingerprint()
     if STAMP.exists() and STAMP.read_text().strip() == wanted:
@@ -50,7 +50,9 @@ def ensure_environment() -> None:
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     pip = [str(_bin("python")), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--require-hashes", "--no-deps", "-r", str(LOCK)], check=True)
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT)], check=True)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-build-isolation", "-e", str(ROOT)], check=True
+    )
     STAMP.write_text(wanted + "\n")
 
 

@@ -14,7 +14,10 @@ from joserfc.jwk import OKPKey
 
 from support import Gateway, auth
 
-GOOD = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\nmeasure q -> c;\n'
+GOOD = (
+    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
+    "h q[0];\ncx q[0],q[1];\nmeasure q -> c;\n"
+)
 LEAKS = (
     "Traceback",
     'File "',
@@ -33,7 +36,8 @@ def check_problem(response: httpx.Response, status: int, code: str) -> dict[str,
     assert body["code"] == code, body
     assert body["status"] == status
     assert body["type"] == f"urn:qustody:problem:{code}"
-    assert isinstance(body["detail"], str) and body["detail"]
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
     for leak in LEAKS:
         assert leak not in response.text, leak
     return body

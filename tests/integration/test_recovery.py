@@ -91,5 +91,6 @@ def test_sigkill_mid_job_then_restart_completes_exactly_once(
         ).all()
         row = session.get(m.Job, job_id)
     assert len(results) == 1
-    assert row is not None and row.attempts == 2
+    assert row is not None
+    assert row.attempts == 2
     assert sum(jobs.result(tenancy.developer, ctx(), job_id).counts.values()) == 64

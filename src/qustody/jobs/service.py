@@ -425,7 +425,7 @@ class JobService:
                         select(m.Project.id).where(m.Project.tenant_id == caller.tenant_id)
                     )
                 )
-        allowed = [
+        allowed: list[str] = [
             pid
             for pid in sorted({pid for pid, _ in caller.project_roles})
             if self._guard.engine.authorize(
