@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -118,6 +119,7 @@ def _probe() -> dict[str, str | int | float | bool]:
         "cpu": resource.getrlimit(resource.RLIMIT_CPU)[0],
         "address_space": resource.getrlimit(resource.RLIMIT_AS)[0],
         "argv": json.dumps(sys.argv),
+        "authkey": bytes(multiprocessing.current_process().authkey).hex(),
     }
 
 
@@ -314,6 +316,7 @@ def test_child_is_hardened(sandbox: Sandbox) -> None:
     assert seen["cpu"] == LIMITS.cpu_seconds
     assert 0 < int(seen["address_space"]) < 2 * 1024 * MIB
     assert json.loads(str(seen["argv"])) == ["-c"]
+    assert seen["authkey"] != bytes(multiprocessing.current_process().authkey).hex()
 
 
 SECRET_SCRIPT = """

@@ -7,6 +7,7 @@ used to show that refusals happen before parsing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from qustody.domain.errors import QustodyError
 from qustody.domain.models import BackendInfo, CircuitInfo
 from qustody.executors.aer import QasmFormat, aer_backends, scan_qasm
+from qustody.executors.errors import QasmError
 from qustody.jobs.circuits import (
     CircuitLimits,
     CircuitParserPool,
@@ -268,6 +270,15 @@ def test_scan_is_linear_on_a_long_line() -> None:
     scan = scan_qasm(source)
     assert time.perf_counter() - started < 0.5
     assert scan.declared_qubits == 1
+
+
+@pytest.mark.parametrize("fragment", ["qubit[", "qreg q[", "qubit ", "include ", "/*", "$1"])
+def test_scan_stays_linear_on_repeated_fragments(fragment: str) -> None:
+    source = "OPENQASM 3;\n" + fragment * (1_000_000 // len(fragment))
+    started = time.perf_counter()
+    with contextlib.suppress(QasmError):
+        scan_qasm(source)
+    assert time.perf_counter() - started < 1.0
 
 
 # -- refused by a parser ---------------------------------------------------------------
