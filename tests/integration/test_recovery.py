@@ -23,13 +23,18 @@ SLOW = (
 )
 
 
-def _worker_process(tmp_path: Path, database_url: str) -> subprocess.Popen[bytes]:
+BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\nmeasure q -> c;\n'
+
+
+def _worker_process(
+    tmp_path: Path, database_url: str, idle_poll: str = "0.5"
+) -> subprocess.Popen[bytes]:
     env = dict(
         os.environ,
         QUSTODY_DATA_DIR=str(tmp_path / "data"),
         QUSTODY_DATABASE_URL=database_url,
         QUSTODY_LEASE_SECONDS="2",
-        QUSTODY_IDLE_POLL_SECONDS="0.5",
+        QUSTODY_IDLE_POLL_SECONDS=idle_poll,
     )
     with (tmp_path / "worker.log").open("ab") as log:
         return subprocess.Popen(
@@ -94,3 +99,23 @@ def test_sigkill_mid_job_then_restart_completes_exactly_once(
     assert row is not None
     assert row.attempts == 2
     assert sum(jobs.result(tenancy.developer, ctx(), job_id).counts.values()) == 64
+
+
+def test_a_standalone_worker_is_woken_not_polled(
+    tenancy: Tenancy, tmp_path: Path, database_url: str
+) -> None:
+    """Across processes: NOTIFY on PostgreSQL, a datagram socket on SQLite."""
+    worker = _worker_process(tmp_path, database_url, idle_poll="3600")
+    try:
+        log = tmp_path / "worker.log"
+        _wait_for(lambda: "slot(s)" in log.read_text(errors="replace"), 60)
+        time.sleep(1)  # started, found nothing, now asleep on its notifier
+        job_id = tenancy.runtime.services.jobs.submit(
+            tenancy.developer,
+            ctx(),
+            SubmitRequest(project="research", backend="aer-statevector", shots=8, qasm=BELL),
+        ).id
+        _wait_for(lambda: _state(tenancy, job_id) == "completed", 120)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)

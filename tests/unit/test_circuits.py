@@ -268,7 +268,7 @@ def test_scan_is_linear_on_a_long_line() -> None:
     source = "OPENQASM 3;\nqubit q;\n// " + "/*'\"" * 250_000 + "\n"
     started = time.perf_counter()
     scan = scan_qasm(source)
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 1.0
     assert scan.declared_qubits == 1
 
 
@@ -278,7 +278,7 @@ def test_scan_stays_linear_on_repeated_fragments(fragment: str) -> None:
     started = time.perf_counter()
     with contextlib.suppress(QasmError):
         scan_qasm(source)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0
 
 
 # -- refused by a parser ---------------------------------------------------------------

@@ -97,7 +97,9 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     guard = Guard(CedarPolicyEngine(), db)
     admin_service = AdminService(db, guard, tokens, keyring)
     registry = default_registry()
-    notifier = notifier_for(settings.resolved_database_url, listen=listen)
+    notifier = notifier_for(
+        settings.resolved_database_url, listen=listen, data_dir=settings.data_dir
+    )
     jobs_service = JobService(
         db,
         guard,

@@ -88,7 +88,9 @@ _KEYWORD = re.compile(r"(include|qreg|creg|qubit|bit)(?!\w)")
 _IDENTIFIER_CHAR = re.compile(r"[^\W\d]")
 _FOLLOWING_STRING = re.compile(r"\s*[\"']")
 _OLD_STYLE_NAME = re.compile(r"\s*(?:[^\W\d]\w*)?")
-_DESIGNATOR = re.compile(r"\s*\[([^\]]*)\]")
+_DESIGNATOR_OPEN = re.compile(r"\s*\[")
+#: Bounded, so that many unclosed "[" cannot make the scan quadratic.
+_DESIGNATOR_BODY = re.compile(r"([^\]]{0,64})\]")
 _HARDWARE_QUBIT = re.compile(r"\$(\d+)")
 _INT_LITERAL = re.compile(r"\d[\d_]*|0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+")
 #: Sizes with more digits than this are reported as this value: over any limit.
@@ -228,15 +230,14 @@ def scan_qasm(source: str) -> QasmScan:
             name_match = _OLD_STYLE_NAME.match(masked, after)
             after = name_match.end() if name_match else after
         # qubit[SIZE] NAME;  or  qubit NAME;
-        designator = _DESIGNATOR.match(masked, after)
         size = 1
-        if designator is not None:
-            literal = _int_literal(designator.group(1).strip())
+        opening = _DESIGNATOR_OPEN.match(masked, after)
+        if opening is not None:
+            body = _DESIGNATOR_BODY.match(masked, opening.end())
+            literal = _int_literal(body.group(1).strip()) if body else None
             if literal is None:
                 raise _error_at(
-                    source,
-                    designator.start(1),
-                    "register sizes must be non-negative integer literals",
+                    source, opening.end(), "register sizes must be non-negative integer literals"
                 )
             size = literal
         if keyword in ("qreg", "qubit"):
@@ -431,8 +432,8 @@ def load_circuit(source: str, fmt: QasmFormat | None = None) -> QuantumCircuit:
 # --------------------------------------------------------------------------------------
 
 #: Instructions every Aer method accepts besides its gates.
-_AER_DIRECTIVES = ("reset", "delay", "if_else", "for_loop", "while_loop", "switch_case",
-                   "break_loop", "continue_loop")  # fmt: skip
+_AER_DIRECTIVES = ("reset", "delay", "store", "if_else", "for_loop", "while_loop",
+                   "switch_case", "break_loop", "continue_loop")  # fmt: skip
 #: Standard gates (Qiskit's names) that the statevector method runs, natively or
 #: through Aer's own decomposition.
 _UNIVERSAL_GATES = (

@@ -193,14 +193,16 @@ class _IsolatedPopen(popen_forkserver.Popen):
     directory and ``multiprocessing`` authkey, and has it re-run the parent's
     ``__main__`` script (on Python 3.11 the forkserver never preloads it), which
     would import the whole server into every job. This launcher sends only the
-    process name, ``sys.path`` and a fresh random authkey.
+    process name, ``sys.path`` and a fresh random authkey (the process object
+    carries the same fresh key, see :func:`start_isolated_process`).
     """
 
     def _launch(self, process_obj: Any) -> None:
         preparation = {
             "name": process_obj.name,
-            "authkey": os.urandom(32),
-            "sys_path": list(sys.path),
+            "authkey": bytes(process_obj.authkey),
+            # Absolute entries only: the child moves to "/" before it imports more.
+            "sys_path": [os.path.abspath(entry) for entry in sys.path if entry],
         }
         buffer = io.BytesIO()
         _set_spawning_popen(self)
@@ -240,6 +242,9 @@ def start_isolated_process(
     objects and :class:`~multiprocessing.connection.Connection` ends, never
     client data."""
     process = _IsolatedProcess(target=target, args=tuple(args), name=name, daemon=True)
+    # The process object travels to the child with its own copy of this
+    # process's multiprocessing authkey (an HMAC key); give it a fresh one.
+    process.authkey = os.urandom(32)
     with _process_lock:
         process.start()
     return process

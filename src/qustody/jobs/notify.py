@@ -2,15 +2,23 @@
 
 In embedded mode the API and the worker share a process: a condition variable
 does it. On PostgreSQL, ``NOTIFY qustody_jobs`` reaches every worker process
-that ``LISTEN``s, on any machine. Workers still poll rarely as a safety net
-(a notification sent while a worker was reconnecting is otherwise lost).
+that ``LISTEN``s, on any machine. On SQLite, standalone workers on the same
+machine each bind a Unix datagram socket in ``<data dir>/notify/`` and the
+publisher sends one empty datagram to each. Workers still poll rarely as a
+safety net (a notification sent while a worker was restarting is otherwise
+lost).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
 import select
+import socket
 import threading
+from pathlib import Path
 from typing import Protocol
 
 import psycopg
@@ -117,7 +125,69 @@ class PostgresNotifier:
                 self._sender = None
 
 
-def notifier_for(database_url: str, *, listen: bool) -> Notifier:
+class SocketDirNotifier:
+    """Same-machine processes: one Unix datagram socket per listening process.
+
+    The directory is private to the gateway's user (0700); a datagram carries
+    no data, it only wakes the receiver, which then looks in the database.
+    """
+
+    def __init__(self, directory: Path, *, listen: bool) -> None:
+        self._dir = directory
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._local = LocalNotifier()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._path: Path | None = None
+        self._thread: threading.Thread | None = None
+        if listen:
+            self._path = self._dir / f"{os.getpid()}-{secrets.token_hex(4)}.sock"
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.bind(str(self._path))
+            self._thread = threading.Thread(target=self._receive, name="notify", daemon=True)
+            self._thread.start()
+
+    def notify(self) -> None:
+        self._local.notify()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+            out.setblocking(False)
+            for peer in self._dir.glob("*.sock"):
+                if peer == self._path:
+                    continue
+                try:
+                    out.sendto(b"", str(peer))
+                except (ConnectionRefusedError, FileNotFoundError):
+                    with contextlib.suppress(OSError):
+                        peer.unlink()  # its process is gone
+                except (BlockingIOError, OSError):
+                    pass  # a busy peer will find the job on its next look
+
+    def wait(self, timeout: float) -> bool:
+        return self._local.wait(timeout)
+
+    def _receive(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._sock], [], [], 0.5)
+            if ready:
+                with contextlib.suppress(OSError):
+                    while True:
+                        self._sock.recv(16, socket.MSG_DONTWAIT)
+                self._local.notify()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._local.close()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                self._path.unlink()
+
+
+def notifier_for(database_url: str, *, listen: bool, data_dir: Path) -> Notifier:
     if database_url.startswith("postgresql"):
         return PostgresNotifier(database_url, listen=listen)
-    return LocalNotifier()
+    return SocketDirNotifier(data_dir / "notify", listen=listen)
