@@ -7,6 +7,7 @@ HTTP API in front of them and, in embedded mode, runs a worker in-process.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,7 @@ from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.identity.admin import AdminService
 from qustody.identity.tokens import SigningKey, TokenService
-from qustody.jobs.circuits import CircuitLimits, validate_circuit
+from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
 from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
@@ -151,8 +152,6 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    import json
-
     body = json.dumps(
         {
             "type": "urn:qustody:problem:request_too_large",
@@ -183,6 +182,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = sandbox = None
+        # Start the circuit parsers now, not on the first submission.
+        default_parser_pool().start()
         if settings.embedded_worker:
             worker, sandbox = rt.make_worker()
             worker.start()
