@@ -11,6 +11,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import OKPKey
+from sqlalchemy import text
 
 from support import Gateway, auth
 
@@ -213,3 +214,34 @@ def test_garbage_bytes_never_500(http: httpx.Client, dev: dict[str, str]) -> Non
         r = http.post("/v1/jobs", content=body, headers=dev | {"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (body, r.text)
         check_problem(r, r.status_code, r.json()["code"])
+
+
+def test_no_token_or_payload_reaches_logs_or_audit(http: httpx.Client, gateway: Gateway) -> None:
+    """After a full job and a few refusals, neither the server's log nor the
+    audit table holds a token, the circuit or the counts."""
+    token = gateway.developer_token
+    marker = "qreg redactme[2]"
+    qasm = (
+        GOOD.replace("qreg q[2]", marker).replace("q[", "redactme[").replace("q ->", "redactme ->")
+    )
+    submitted = http.post("/v1/jobs", json=job(qasm=qasm, memory=True), headers=auth(token))
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 60
+    while http.get(f"/v1/jobs/{job_id}", headers=auth(token)).json()["state"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    counts = http.get(f"/v1/jobs/{job_id}/result", headers=auth(token)).json()["counts"]
+    http.get("/v1/jobs", headers=auth(token + "x"))  # a failed authentication
+    http.get("/v1/jobs", headers=auth("garbage"))
+
+    log = (gateway.data_dir.parent / "server.log").read_text(errors="replace")
+    with gateway.tenancy.runtime.services.db.read() as session:
+        rows = session.execute(text("SELECT * FROM audit_events")).all()
+    audit = "\n".join(repr(tuple(row)) for row in rows)
+    for haystack in (log, audit):
+        assert token not in haystack
+        assert token.split(".")[2] not in haystack  # not even the signature
+        assert "redactme" not in haystack
+        assert "OPENQASM" not in haystack
+        assert json.dumps(counts) not in haystack
