@@ -88,16 +88,7 @@ class AdminService:
             tenant = m.Tenant(id=new_tenant_id(), name=PLATFORM_TENANT, created_at=now)
             self._keys.ensure_tenant_key(TenantId(tenant.id))
             admin = self._new_principal(session, tenant.id, admin_name, "user", now, tenant=tenant)
-            session.add(
-                m.Membership(
-                    tenant_id=tenant.id,
-                    principal_id=admin.id,
-                    project_id=None,
-                    role=Role.PLATFORM_ADMIN,
-                    created_at=now,
-                )
-            )
-            session.flush()
+            _grant(session, admin, None, Role.PLATFORM_ADMIN, now)
             token = self._tokens.issue(session, principal_id=admin.id, tenant_id=tenant.id)
             record(
                 session,
@@ -147,16 +138,7 @@ class AdminService:
                 session.add(tenant)
                 session.flush()
                 admin = self._new_principal(session, tenant.id, admin_name, "user", now)
-                session.add(
-                    m.Membership(
-                        tenant_id=tenant.id,
-                        principal_id=admin.id,
-                        project_id=None,
-                        role=Role.TENANT_ADMIN,
-                        created_at=now,
-                    )
-                )
-                session.flush()
+                _grant(session, admin, None, Role.TENANT_ADMIN, now)
                 token = self._tokens.issue(session, principal_id=admin.id, tenant_id=tenant.id)
                 record(
                     session,
@@ -319,15 +301,7 @@ class AdminService:
                 )
             )
             if exists is None:
-                session.add(
-                    m.Membership(
-                        tenant_id=caller.tenant_id,
-                        principal_id=principal.id,
-                        project_id=project_id,
-                        role=role.value,
-                        created_at=now,
-                    )
-                )
+                _grant(session, principal, project_id, role, now)
                 record(
                     session,
                     Action.MEMBER_ADD,
@@ -468,6 +442,21 @@ class AdminService:
         session.add(principal)
         session.flush()
         return principal
+
+
+def _grant(
+    session: Session, principal: m.Principal, project_id: str | None, role: Role, now: datetime
+) -> None:
+    session.add(
+        m.Membership(
+            tenant_id=principal.tenant_id,
+            principal_id=principal.id,
+            project_id=project_id,
+            role=role.value,
+            created_at=now,
+        )
+    )
+    session.flush()
 
 
 def project_resource(project: m.Project) -> Resource:

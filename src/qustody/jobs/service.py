@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor, Target, record
-from qustody.crypto.envelope import Envelope
+from qustody.crypto.envelope import Envelope, SealedBlob
 from qustody.domain.errors import InvalidRequest, QustodyError
 from qustody.domain.ids import JobId, ProjectId, TenantId, looks_like_id, new_job_id
 from qustody.domain.models import (
@@ -110,6 +110,27 @@ def transition(
     )
 
 
+def store_sealed(
+    session: Session,
+    job: m.Job,
+    field: str,
+    sealed: SealedBlob,
+    plaintext_sha256: str,
+    now: datetime,
+) -> None:
+    session.add(
+        m.SealedObject(
+            object_id=job.id,
+            field=field,
+            tenant_id=job.tenant_id,
+            key_id=sealed.key_id,
+            envelope=sealed.data,
+            plaintext_sha256=plaintext_sha256,
+            created_at=now,
+        )
+    )
+
+
 def job_resource(job: m.Job, data_class: str | None = None) -> Resource:
     return Resource(
         "job",
@@ -191,15 +212,14 @@ class JobService:
         source = spec.qasm.encode("utf-8", errors="surrogatepass")
         digest = sha256_hex(source)
         actor = Actor.of(caller)
+        info: CircuitInfo | None = None
+        refusal: QustodyError | None = None
         try:
             info = self._validate(spec.qasm, self._limits)
             check_against_backend(info, backend.info, spec.shots)
         except QustodyError as error:
-            job_id = self._record_rejection(
-                caller, request, project, spec, digest, error, decision, actor
-            )
-            error.extra["job_id"] = job_id
-            raise
+            # A refused circuit still leaves a job, ``rejected``, with its hash only.
+            info, refusal = None, error
         now = datetime.now(UTC)
         job = m.Job(
             id=new_job_id(),
@@ -209,97 +229,24 @@ class JobService:
             backend=backend.info.name,
             shots=spec.shots,
             state=JobState.SUBMITTED.value,
-            circuit_format=info.format,
-            circuit_sha256=info.sha256,
-            num_qubits=info.num_qubits,
-            num_clbits=info.num_clbits,
-            gate_count=info.gate_count,
-            depth=info.depth,
+            circuit_format=info.format if info else "unknown",
+            circuit_sha256=digest,
+            num_qubits=info.num_qubits if info else 0,
+            num_clbits=info.num_clbits if info else 0,
+            gate_count=info.gate_count if info else 0,
+            depth=info.depth if info else 0,
             options={"memory": spec.memory, "seed": spec.seed},
             created_at=now,
             updated_at=now,
-            queued_at=now,
             attempts=0,
             cancel_requested=False,
         )
-        sealed = self._envelope.seal(caller.tenant_id, job.id, CIRCUIT_FIELD, source)
+        sealed = (
+            None
+            if info is None
+            else self._envelope.seal(caller.tenant_id, job.id, CIRCUIT_FIELD, source)
+        )
         with self._db.write() as session:
-            session.add(job)
-            session.add(
-                m.SealedObject(
-                    object_id=job.id,
-                    field=CIRCUIT_FIELD,
-                    tenant_id=job.tenant_id,
-                    key_id=sealed.key_id,
-                    envelope=sealed.data,
-                    plaintext_sha256=info.sha256,
-                    created_at=now,
-                )
-            )
-            session.add(
-                m.JobTransition(
-                    job_id=job.id,
-                    tenant_id=job.tenant_id,
-                    from_state=None,
-                    to_state=JobState.SUBMITTED.value,
-                    actor=actor.id,
-                    at=now,
-                )
-            )
-            record(
-                session,
-                Action.JOB_SUBMIT,
-                actor=actor,
-                target=Target("job", job.id, job.tenant_id),
-                decision=decision,
-                request=request,
-                job_id=job.id,
-                payload_sha256=info.sha256,
-                reason=f"backend={backend.info.name} shots={spec.shots}",
-            )
-            transition(session, job, JobState.VALIDATED, actor=actor, at=now)
-            transition(session, job, JobState.QUEUED, actor=actor, at=now)
-            result = view(job)
-        self._notifier.notify()
-        return result
-
-    def _record_rejection(
-        self,
-        caller: Principal,
-        request: RequestContext,
-        project: m.Project,
-        spec: SubmitRequest,
-        digest: str,
-        error: QustodyError,
-        decision: Decision,
-        actor: Actor,
-    ) -> str:
-        """A refused circuit leaves a ``rejected`` job (hash only, no payload)."""
-        now = datetime.now(UTC)
-        with self._db.write() as session:
-            job = m.Job(
-                id=new_job_id(),
-                tenant_id=caller.tenant_id,
-                project_id=project.id,
-                principal_id=caller.id,
-                backend=spec.backend,
-                shots=spec.shots,
-                state=JobState.SUBMITTED.value,
-                circuit_format="unknown",
-                circuit_sha256=digest,
-                num_qubits=0,
-                num_clbits=0,
-                gate_count=0,
-                depth=0,
-                options={},
-                created_at=now,
-                updated_at=now,
-                attempts=0,
-                cancel_requested=False,
-                error_code=error.code,
-                error_detail=error.detail[:2000],
-                finished_at=now,
-            )
             session.add(job)
             session.add(
                 m.JobTransition(
@@ -320,18 +267,32 @@ class JobService:
                 request=request,
                 job_id=job.id,
                 payload_sha256=digest,
+                reason=f"backend={backend.info.name} shots={spec.shots}",
             )
-            transition(
-                session,
-                job,
-                JobState.REJECTED,
-                actor=actor,
-                at=now,
-                reason=error.code,
-                outcome="failure",
-                request=request,
-            )
-            return job.id
+            if refusal is not None or sealed is None:
+                job.error_code = refusal.code if refusal else "invalid_circuit"
+                job.error_detail = refusal.detail[:2000] if refusal else None
+                job.finished_at = now
+                transition(
+                    session,
+                    job,
+                    JobState.REJECTED,
+                    actor=actor,
+                    at=now,
+                    reason=job.error_code,
+                    outcome="failure",
+                )
+            else:
+                store_sealed(session, job, CIRCUIT_FIELD, sealed, digest, now)
+                job.queued_at = now
+                transition(session, job, JobState.VALIDATED, actor=actor, at=now)
+                transition(session, job, JobState.QUEUED, actor=actor, at=now)
+            result = view(job)
+        if refusal is not None:
+            refusal.extra["job_id"] = job.id
+            raise refusal
+        self._notifier.notify()
+        return result
 
     # -- reads --------------------------------------------------------------------
 

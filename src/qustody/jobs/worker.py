@@ -38,7 +38,13 @@ from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionR
 from qustody.domain.vocabulary import JobState
 from qustody.executors.sandbox import Sandbox
 from qustody.jobs.notify import Notifier
-from qustody.jobs.service import CIRCUIT_FIELD, RESULT_FIELD, sha256_hex, transition
+from qustody.jobs.service import (
+    CIRCUIT_FIELD,
+    RESULT_FIELD,
+    sha256_hex,
+    store_sealed,
+    transition,
+)
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -272,17 +278,7 @@ class Worker:
             sort_keys=True,
         ).encode()
         sealed = self._envelope.seal(TenantId(job.tenant_id), job.id, RESULT_FIELD, payload)
-        session.add(
-            m.SealedObject(
-                object_id=job.id,
-                field=RESULT_FIELD,
-                tenant_id=job.tenant_id,
-                key_id=sealed.key_id,
-                envelope=sealed.data,
-                plaintext_sha256=sha256_hex(payload),
-                created_at=now,
-            )
-        )
+        store_sealed(session, job, RESULT_FIELD, sealed, sha256_hex(payload), now)
 
     def renew_leases(self) -> None:
         """Extend the leases of jobs this worker runs; pass on cancel requests."""
