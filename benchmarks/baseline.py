@@ -75,7 +75,7 @@ def main() -> None:
                 try:
                     client.health()
                     break
-                except Exception:  # noqa: BLE001 (server still starting)
+                except Exception:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
@@ -85,14 +85,20 @@ def main() -> None:
                 circuit = ghz(n)
                 text = qasm2.dumps(circuit)
                 sim.run(circuit, shots=1024).result()  # warm
-                client.result(client.wait(client.submit(
-                    text, backend="aer-statevector", shots=1024, project="research"
-                ).id, poll_interval=0.002).id)
+                client.result(
+                    client.wait(
+                        client.submit(
+                            text, backend="aer-statevector", shots=1024, project="research"
+                        ).id,
+                        poll_interval=0.002,
+                    ).id
+                )
                 gateway, direct = [], []
                 for _ in range(args.runs):
                     t0 = time.perf_counter()
-                    job = client.submit(text, backend="aer-statevector", shots=1024,
-                                        project="research")
+                    job = client.submit(
+                        text, backend="aer-statevector", shots=1024, project="research"
+                    )
                     client.wait(job.id, poll_interval=0.002)
                     client.result(job.id)
                     gateway.append((time.perf_counter() - t0) * 1000)
@@ -100,8 +106,10 @@ def main() -> None:
                     sim.run(circuit, shots=1024).result().get_counts()
                     direct.append((time.perf_counter() - t0) * 1000)
                 for name, values in (("gateway", gateway), ("direct", direct)):
-                    print(f"GHZ-{n:<4} {name:8} {pct(values, 50):8.1f} {pct(values, 90):8.1f} "
-                          f"{pct(values, 99):8.1f}")
+                    print(
+                        f"GHZ-{n:<4} {name:8} {pct(values, 50):8.1f} {pct(values, 90):8.1f} "
+                        f"{pct(values, 99):8.1f}"
+                    )
                 ratio = statistics.median(gateway) / statistics.median(direct)
                 print(f"GHZ-{n:<4} ratio p50 gateway/direct: {ratio:.1f}")
         finally:

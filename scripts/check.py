@@ -14,8 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 STEPS: list[tuple[str, list[str]]] = [
-    ("ruff check", [str(BIN / "ruff"), "check", "src", "tests", "scripts"]),
-    ("ruff format", [str(BIN / "ruff"), "format", "--check", "src", "tests", "scripts"]),
+    ("ruff check", [str(BIN / "ruff"), "check", "src", "tests", "scripts", "benchmarks"]),
+    (
+        "ruff format",
+        [str(BIN / "ruff"), "format", "--check", "src", "tests", "scripts", "benchmarks"],
+    ),
     ("mypy --strict", [str(BIN / "mypy")]),
     ("import layers", [str(BIN / "lint-imports")]),
 ]
