@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from qustody.domain.errors import Forbidden, NotFound, QustodyError
+from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.jobs.service import SubmitRequest
 from qustody.jobs.worker import Worker
 from qustody.storage import models as m
@@ -166,10 +167,32 @@ def test_list_filters_and_paginates(tenancy: Tenancy) -> None:
     assert caught.value.field == "state"
 
 
-def test_a_failed_execution_fails_the_job_not_the_worker(tenancy: Tenancy, worker: Worker) -> None:
-    # stabilizer backend cannot run a T gate: refused at validation, so
-    # use a circuit that validates but is too big for the sandbox's memory.
-    jobs = tenancy.runtime.services.jobs
-    job_id = submit(tenancy, GHZ3, shots=16)
-    run_one(worker)
-    assert jobs.get(tenancy.developer, ctx(), job_id).state == "completed"
+def test_a_failed_execution_fails_the_job_not_the_worker(tenancy: Tenancy) -> None:
+    """A sandbox that overruns its wall-clock limit fails that job, with the
+    reason; the same worker then runs the next job."""
+    runtime = tenancy.runtime
+    sandbox = Sandbox(SandboxLimits(wall_seconds=0.5), registry=runtime.services.registry)
+    worker = Worker(
+        runtime.services.db, runtime.envelope, sandbox, runtime.notifier, lease_seconds=30
+    )
+    slow = (
+        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[22];\ncreg c[22];\n'
+        + "".join(f"h q[{i % 22}];\ncx q[{i % 22}], q[{(i + 1) % 22}];\n" for i in range(1500))
+        + "measure q -> c;\n"
+    )
+    try:
+        failing = submit(tenancy, slow, shots=16)
+        fine = submit(tenancy, GHZ3, shots=16)
+        run_one(worker)
+        run_one(worker)
+    finally:
+        sandbox.close()
+    jobs = runtime.services.jobs
+    failed = jobs.get(tenancy.developer, ctx(), failing)
+    assert failed.state == "failed"
+    assert failed.error_code == "sandbox_timeout"
+    assert failed.error_detail
+    assert jobs.get(tenancy.developer, ctx(), fine).state == "completed"
+    with pytest.raises(QustodyError) as caught:
+        jobs.result(tenancy.developer, ctx(), failing)
+    assert caught.value.code == "job_failed"
