@@ -142,8 +142,8 @@ def packed_registers(
     """
     width = sum(reg.size for reg in registers)
     rows = [_strip(shot, width, f"memory[{i}]") for i, shot in enumerate(memory)]
-    bits = np.frombuffer("".join(rows).encode("ascii"), dtype=np.uint8) - ord("0")
-    bits = bits.reshape(len(rows), width)
+    flat = np.frombuffer("".join(rows).encode("ascii"), dtype=np.uint8) - ord("0")
+    bits: npt.NDArray[np.uint8] = flat.reshape(len(rows), width)
     packed: dict[str, npt.NDArray[np.uint8]] = {}
     right = width  # registers are laid out right to left in declaration order
     for reg in registers:
