@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,13 +11,7 @@ import httpx
 import pytest
 
 from qustody.api.app import build_runtime
-from support import Gateway, make_settings, seed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support import Gateway, free_port, make_settings, seed
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +20,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     database_url = f"sqlite:///{root / 'data' / 'qustody.db'}"
     runtime = build_runtime(make_settings(root, database_url))  # type: ignore[arg-type]
     tenancy = seed(runtime)
-    port = _free_port()
+    port = free_port()
     gw = Gateway(f"http://127.0.0.1:{port}", tenancy, root / "data", database_url)
     log = (root / "server.log").open("wb")
     server = subprocess.Popen(
