@@ -271,15 +271,7 @@ class AdminService:
                 f"{role.value} is a project role; name the project it applies to.",
                 field="project",
             )
-        with self._db.read() as session:
-            project = (
-                self.find_project(session, caller.tenant_id, project_ref) if project_ref else None
-            )
-        resource = (
-            project_resource(project)
-            if project
-            else Resource("tenant", caller.tenant_id, caller.tenant_id)
-        )
+        project, resource = self._project_or_tenant(caller, project_ref)
         # Authorize before the write transaction: a denial is recorded in a
         # transaction of its own, which must not wait on ours.
         decision = self._guard.check(caller, Action.MEMBER_ADD, resource, request)
@@ -316,16 +308,9 @@ class AdminService:
     def list_members(
         self, caller: Principal, request: RequestContext, project_ref: str | None
     ) -> list[Member]:
+        project, resource = self._project_or_tenant(caller, project_ref)
+        self._guard.check(caller, Action.MEMBER_LIST, resource, request)
         with self._db.read() as session:
-            project = (
-                self.find_project(session, caller.tenant_id, project_ref) if project_ref else None
-            )
-            resource = (
-                project_resource(project)
-                if project
-                else Resource("tenant", caller.tenant_id, caller.tenant_id)
-            )
-            self._guard.check(caller, Action.MEMBER_LIST, resource, request)
             query = (
                 select(m.Membership, m.Principal)
                 .join(m.Principal, m.Principal.id == m.Membership.principal_id)
@@ -422,6 +407,16 @@ class AdminService:
             )
 
     # -- helpers ----------------------------------------------------------------
+
+    def _project_or_tenant(
+        self, caller: Principal, project_ref: str | None
+    ) -> tuple[m.Project | None, Resource]:
+        """The named project of the caller's tenant and its resource, or the tenant's."""
+        if project_ref is None:
+            return None, Resource("tenant", caller.tenant_id, caller.tenant_id)
+        with self._db.read() as session:
+            project = self.find_project(session, caller.tenant_id, project_ref)
+        return project, project_resource(project)
 
     @staticmethod
     def _new_principal(
