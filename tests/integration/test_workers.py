@@ -98,3 +98,19 @@ def test_cancel_a_running_job(tenancy: Tenancy) -> None:
         sandbox.close()
     job = jobs.get(tenancy.developer, ctx(), job_id)
     assert [t.to_state for t in job.transitions or ()][-2:] == ["running", "cancelled"]
+
+
+def test_a_stopping_worker_gives_its_job_back(tenancy: Tenancy) -> None:
+    runtime = tenancy.runtime
+    jobs = runtime.services.jobs
+    worker, sandbox = runtime.make_worker(slots=1)
+    worker.start()
+    try:
+        job_id = _submit(tenancy, SLOW)
+        _until(lambda: jobs.get(tenancy.developer, ctx(), job_id).state == "running", 60)
+    finally:
+        worker.stop()
+        sandbox.close()
+    job = jobs.get(tenancy.developer, ctx(), job_id)
+    assert job.state == "queued"
+    assert (job.transitions or ())[-1].reason == "worker stopped"

@@ -191,13 +191,34 @@ class Worker:
         finally:
             with self._running_lock:
                 self._running.pop(claimed.job_id, None)
-        if (
-            self._stop.is_set()
-            and isinstance(outcome, ExecutionFailure)
-            and outcome.code == "cancelled"
-        ):
-            return  # shutting down: leave the job to lease expiry, it runs again
+        stopped = isinstance(outcome, ExecutionFailure) and outcome.code == "cancelled"
+        if stopped and self._stop.is_set():
+            self._give_back(claimed)  # shutting down: the job runs again elsewhere
+            return
         self._finish(claimed.job_id, claimed.attempt, outcome, queued_at=claimed.queued_at)
+
+    def _give_back(self, claimed: Claimed) -> None:
+        """Re-queue a job this worker stopped on shutdown (fenced like ``_finish``)."""
+        now = datetime.now(UTC)
+        with self._db.write() as session:
+            job = session.scalar(
+                select(m.Job).where(
+                    m.Job.id == claimed.job_id,
+                    m.Job.state == JobState.RUNNING.value,
+                    m.Job.worker_id == self.id,
+                    m.Job.attempts == claimed.attempt,
+                )
+            )
+            if job is None or job.cancel_requested:
+                return  # lost the lease, or a cancel: lease expiry settles it
+            job.worker_id = None
+            job.lease_expires_at = None
+            job.started_at = None
+            job.queued_at = now
+            transition(
+                session, job, JobState.QUEUED, actor=self._actor, at=now, reason="worker stopped"
+            )
+        self._notifier.notify()
 
     def _finish(
         self,
