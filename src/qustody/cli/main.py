@@ -21,7 +21,7 @@ import click
 
 from qustody.cli.output import emit_json, table
 from qustody.client import Client
-from qustody.client.errors import QustodyClientError
+from qustody.client.errors import QustodyClientError, QustodyTimeoutError
 from qustody.domain.errors import InsecureDevelopmentWarning, QustodyError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -350,12 +350,35 @@ def submit(
 
 
 def _wait(client: Client, job_id: str, timeout: float | None) -> Any:
+    """Wait for a job, showing progress on stderr: each state change on a line
+    of its own, and on a terminal a ticking clock while the state stays put."""
     started = time.monotonic()
+    live = sys.stderr.isatty()
+    last: list[str] = []
 
     def progress(job: Any) -> None:
-        click.echo(f"  {time.monotonic() - started:6.1f}s  {job.id}  {job.state.value}", err=True)
+        line = f"  {time.monotonic() - started:6.1f}s  {job.id}  {job.state.value}"
+        changed = not last or last[-1] != job.state.value
+        if live:  # rewrite the line in place; a new state starts a new line
+            click.echo(("\n" if changed and last else "\r") + line, err=True, nl=False)
+        elif changed:
+            click.echo(line, err=True)
+        if changed:
+            last.append(job.state.value)
 
-    return client.wait(job_id, timeout=timeout, on_progress=progress)
+    while True:
+        remaining = None if timeout is None else timeout - (time.monotonic() - started)
+        step = 1.0 if remaining is None else max(0.01, min(1.0, remaining))
+        try:
+            job = client.wait(job_id, timeout=step, on_progress=progress)
+        except QustodyTimeoutError as pending:
+            if remaining is not None and remaining <= step:
+                raise
+            progress(pending.job)
+            continue
+        if live:
+            click.echo("", err=True)
+        return job
 
 
 def _print_result(client: Client, job_id: str, as_json: bool) -> None:
