@@ -245,3 +245,13 @@ def test_no_token_or_payload_reaches_logs_or_audit(http: httpx.Client, gateway: 
         assert "redactme" not in haystack
         assert "OPENQASM" not in haystack
         assert json.dumps(counts) not in haystack
+
+
+def test_waiting_for_a_job(http: httpx.Client, dev: dict[str, str]) -> None:
+    job_id = http.post("/v1/jobs", json=job(), headers=dev).json()["id"]
+    done = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers=dev, timeout=60)
+    assert done.json()["state"] == "completed"
+    body = check_problem(
+        http.get(f"/v1/jobs/{job_id}", params={"wait": 31}, headers=dev), 422, "invalid_request"
+    )
+    assert body["field"] == "wait"

@@ -90,7 +90,7 @@ def serve(host: str, port: int, embedded: bool, demo: bool, data_dir: Path | Non
     settings = _settings(
         embedded_worker=embedded, data_dir=data_dir, public_url=f"http://{host}:{port}"
     )
-    runtime = build_runtime(settings, listen=embedded)
+    runtime = build_runtime(settings, listen=True)  # workers and waiting requests
     if demo:
         from qustody.cli.demo import ensure_demo
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.1
-MAX_POLL_INTERVAL = 1.0
-_BACKOFF = 1.5
+#: Seconds the gateway may hold a waiting request (its limit is 30).
+MAX_SERVER_WAIT = 20.0
 
 
 def _segment(value: str) -> str:
@@ -120,9 +120,18 @@ class Client:
         *,
         json: dict[str, Any] | None = None,
         params: dict[str, str | int] | None = None,
+        extra_timeout: float = 0.0,
     ) -> httpx.Response:
+        timeout = self._http.timeout
+        if extra_timeout:
+            timeout = httpx.Timeout(
+                connect=timeout.connect,
+                read=None if timeout.read is None else timeout.read + extra_timeout,
+                write=timeout.write,
+                pool=timeout.pool,
+            )
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(method, path, json=json, params=params, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise QustodyConnectionError(
                 f"{method} {self._url}/v1{path} timed out ({type(exc).__name__}); "
@@ -149,8 +158,11 @@ class Client:
         *,
         json: dict[str, Any] | None = None,
         params: dict[str, str | int] | None = None,
+        extra_timeout: float = 0.0,
     ) -> object:
-        response = self._request(method, path, json=json, params=params)
+        response = self._request(
+            method, path, json=json, params=params, extra_timeout=extra_timeout
+        )
         try:
             document: object = response.json()
         except ValueError:
@@ -233,33 +245,38 @@ class Client:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll until the job is terminal and return it (whatever the outcome).
+        """Wait until the job is terminal and return it (whatever the outcome).
 
-        The poll interval starts at ``poll_interval`` and grows to at most one second.
-        ``on_progress`` is called with the job each time its state is seen to change
-        (including the first poll). Raises :class:`QustodyTimeoutError` after
-        ``timeout`` seconds.
+        After a first look, each request asks the gateway to hold it until the
+        job finishes (``GET /v1/jobs/{id}?wait=``, at most
+        :data:`MAX_SERVER_WAIT` seconds a request), so the end of a job is seen
+        at once, without polling. ``poll_interval`` is the shortest hold asked
+        for. ``on_progress`` is called with the job each time its state is seen
+        to change (including the first answer). Raises
+        :class:`QustodyTimeoutError` after ``timeout`` seconds.
         """
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
+        hold = 0.0  # the first look answers at once
         last_state: JobState | None = None
         while True:
-            job = self.job(job_id)
+            params: dict[str, str | int] | None = {"wait": f"{hold:.3f}"} if hold else None
+            job = Job.from_json(
+                self._json("GET", f"/jobs/{_segment(job_id)}", params=params, extra_timeout=hold)
+            )
             if on_progress is not None and job.state != last_state:
                 on_progress(job)
             last_state = job.state
             if job.is_terminal:
                 return job
+            hold = MAX_SERVER_WAIT
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QustodyTimeoutError(job, timeout or 0.0)
-                time.sleep(min(interval, remaining))
-            else:
-                time.sleep(interval)
-            interval = min(interval * _BACKOFF, max(MAX_POLL_INTERVAL, poll_interval))
+                hold = min(hold, remaining)
+            hold = max(hold, min(poll_interval, MAX_SERVER_WAIT))
 
     def result(self, job_id: str) -> Result:
         """The result of a completed job.

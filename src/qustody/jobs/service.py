@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from qustody.storage import models as m
 from qustody.storage.db import Database
 
 MAX_PAGE = 200
+MAX_WAIT_SECONDS = 30.0
 CIRCUIT_FIELD = "circuit"
 RESULT_FIELD = "result"
 
@@ -307,18 +309,39 @@ class JobService:
             raise not_found("job", job_id)
         return job
 
-    def get(self, caller: Principal, request: RequestContext, job_id: str) -> JobView:
-        with self._db.read() as session:
-            job = self._load(session, caller, job_id)
-            transitions = list(
-                session.scalars(
-                    select(m.JobTransition)
-                    .where(m.JobTransition.job_id == job.id)
-                    .order_by(m.JobTransition.id)
-                )
+    def get(
+        self, caller: Principal, request: RequestContext, job_id: str, *, wait: float = 0.0
+    ) -> JobView:
+        """The job and its transitions. With ``wait`` (seconds, at most
+        :data:`MAX_WAIT_SECONDS`), answer as soon as the job is terminal, or
+        when the time is up, whichever comes first."""
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise InvalidRequest(
+                f"wait is {wait:g} seconds; it must be between 0 and {MAX_WAIT_SECONDS}.",
+                field="wait",
             )
-        self._guard.check(caller, Action.JOB_READ, job_resource(job), request)
-        return view(job, transitions)
+        deadline = time.monotonic() + wait
+        checked = False
+        while True:
+            generation = self._notifier.finished_generation()
+            with self._db.read() as session:
+                job = self._load(session, caller, job_id)
+                transitions = list(
+                    session.scalars(
+                        select(m.JobTransition)
+                        .where(m.JobTransition.job_id == job.id)
+                        .order_by(m.JobTransition.id)
+                    )
+                )
+            if not checked:
+                self._guard.check(caller, Action.JOB_READ, job_resource(job), request)
+                checked = True
+            remaining = deadline - time.monotonic()
+            if JobState(job.state).terminal or remaining <= 0:
+                return view(job, transitions)
+            # Woken by any job finishing; re-check at least every second in
+            # case a signal from another process was lost.
+            self._notifier.wait_finished(generation, min(remaining, 1.0))
 
     def list_jobs(
         self,
@@ -456,8 +479,8 @@ class JobService:
                     reason="cancel requested while running",
                 )
             result = view(job)
-        if result.state == JobState.RUNNING:
-            self._notifier.notify()
+        if result.state == JobState.CANCELLED:
+            self._notifier.finished()
         return result
 
     # -- result -------------------------------------------------------------------

@@ -267,6 +267,7 @@ class Worker:
                     reason=outcome.code,
                     outcome="failure",
                 )
+        self._notifier.finished()
 
     def _store_result(
         self,
@@ -325,6 +326,7 @@ class Worker:
     def requeue_expired(self) -> int:
         """Put back jobs whose worker stopped renewing its lease."""
         now = datetime.now(UTC)
+        cancelled = 0
         with self._db.write() as session:
             stale = session.scalars(
                 select(m.Job)
@@ -338,6 +340,7 @@ class Worker:
                 job.started_at = None
                 if job.cancel_requested:
                     job.finished_at = now
+                    cancelled += 1
                     transition(
                         session, job, JobState.CANCELLED, actor=self._actor, at=now, reason=reason
                     )
@@ -345,7 +348,9 @@ class Worker:
                 job.queued_at = now
                 transition(session, job, JobState.QUEUED, actor=self._actor, at=now, reason=reason)
             count = len(stale)
-        if count:
-            log.warning("re-queued %d job(s) whose worker stopped", count)
+        if cancelled:
+            self._notifier.finished()
+        if count > cancelled:
+            log.warning("re-queued %d job(s) whose worker stopped", count - cancelled)
             self._notifier.notify()
         return count

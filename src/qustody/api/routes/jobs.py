@@ -58,8 +58,17 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job, openapi_extra=secured(Action.JOB_READ))
-def get_job(job_id: str, caller: CallerDep, request: Request) -> schemas.Job:
-    return schemas.Job.of(services_of(request).jobs.get(caller.principal, caller.request, job_id))
+def get_job(
+    job_id: str,
+    caller: CallerDep,
+    request: Request,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=30, description="Seconds to wait for the job to finish before answering"),
+    ] = 0.0,
+) -> schemas.Job:
+    job = services_of(request).jobs.get(caller.principal, caller.request, job_id, wait=wait)
+    return schemas.Job.of(job)
 
 
 @router.post(
