@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qustody import __version__
@@ -115,6 +115,35 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     return Runtime(services, envelope, notifier)
 
 
+_SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+class RequestId:
+    """Give each request an id (``request.state.request_id``, ``X-Request-Id``).
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs a task
+    and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [(b"x-request-id", request_id.encode()), *_SECURITY_HEADERS]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes before the app reads them."""
 
@@ -210,18 +239,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     for router in (health.router, jobs.router, admin.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request.state.request_id = new_request_id()
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestId)  # outermost: every answer carries its id
     if settings.mode != "production":
         warnings.warn(
             "Qustody is running in development mode: local keyring, SQLite allowed, "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from qustody.domain.models import Decision, Principal, RequestContext
@@ -49,6 +50,48 @@ class Target:
     tenant_id: str | None = None
 
 
+def event_row(
+    event_type: Action,
+    *,
+    actor: Actor,
+    outcome: Outcome = "success",
+    target: Target | None = None,
+    decision: Decision | None = None,
+    request: RequestContext | None = None,
+    job_id: str | None = None,
+    payload_sha256: str | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+) -> dict[str, object]:
+    """The column values of one audit event (see :func:`record`)."""
+    return {
+        "at": at or datetime.now(UTC),
+        "event_type": event_type.value,
+        "tenant_id": target.tenant_id if target else actor.tenant_id,
+        "actor_id": actor.id,
+        "actor_tenant_id": actor.tenant_id,
+        "auth_method": actor.auth_method,
+        "token_id": actor.token_id,
+        "client_addr": request.client_addr if request else None,
+        "user_agent": (request.user_agent or "")[:256] or None if request else None,
+        "resource_type": target.type if target else None,
+        "resource_id": target.id if target else None,
+        "decision": None if decision is None else ("allow" if decision.allowed else "deny"),
+        "policy_ids": ",".join(decision.policy_ids) if decision else None,
+        "outcome": outcome,
+        "reason": reason[:512] if reason else None,
+        "request_id": request.request_id if request else None,
+        "job_id": job_id,
+        "payload_sha256": payload_sha256,
+    }
+
+
+def record_rows(session: Session, rows: list[dict[str, object]]) -> None:
+    """Append events built by :func:`event_row`, in order, in the session's transaction."""
+    if rows:
+        session.execute(insert(AuditEvent), rows)
+
+
 def record(
     session: Session,
     event_type: Action,
@@ -62,25 +105,20 @@ def record(
     payload_sha256: str | None = None,
     reason: str | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
-            at=datetime.now(UTC),
-            event_type=event_type.value,
-            tenant_id=target.tenant_id if target else actor.tenant_id,
-            actor_id=actor.id,
-            actor_tenant_id=actor.tenant_id,
-            auth_method=actor.auth_method,
-            token_id=actor.token_id,
-            client_addr=request.client_addr if request else None,
-            user_agent=(request.user_agent or "")[:256] or None if request else None,
-            resource_type=target.type if target else None,
-            resource_id=target.id if target else None,
-            decision=None if decision is None else ("allow" if decision.allowed else "deny"),
-            policy_ids=",".join(decision.policy_ids) if decision else None,
-            outcome=outcome,
-            reason=reason[:512] if reason else None,
-            request_id=request.request_id if request else None,
-            job_id=job_id,
-            payload_sha256=payload_sha256,
-        )
+    """Append one event in the session's transaction."""
+    record_rows(
+        session,
+        [
+            event_row(
+                event_type,
+                actor=actor,
+                outcome=outcome,
+                target=target,
+                decision=decision,
+                request=request,
+                job_id=job_id,
+                payload_sha256=payload_sha256,
+                reason=reason,
+            )
+        ],
     )

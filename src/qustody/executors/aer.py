@@ -16,7 +16,11 @@ Two layers:
 
 Qiskit is imported lazily, inside functions: the control plane imports this
 module for :func:`scan_qasm` without paying for Qiskit; the sandbox's
-forkserver preloads Qiskit so children find it already imported.
+forkserver preloads Qiskit, and builds one ``AerSimulator`` per method
+(:func:`preload_simulators`), so children find both ready. A child passes every
+per-job setting (shots, seed, memory budget, threads) as run options, which
+Aer applies to that run only: nothing a job sets is stored on the simulator,
+and the simulator a child inherits has never run anything.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qustody.domain.models import BackendInfo, ExecutionRequest, ExecutionResult
+from qustody.executors._trace import checkpoint
 from qustody.executors.errors import BackendError, FailureCode, QasmError, QasmForbiddenInclude
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
+    from qiskit.result import Result
+    from qiskit_aer import AerSimulator
 
 QasmFormat = Literal["qasm2", "qasm3"]
 
@@ -490,6 +497,7 @@ class AerBackend:
             raise BackendError(
                 FailureCode.EXECUTION_ERROR, f"the circuit could not be loaded: {exc.located()}"
             ) from None
+        checkpoint("circuit_loaded")
         if circuit.num_qubits > info.max_qubits:
             raise BackendError(
                 FailureCode.EXECUTION_ERROR,
@@ -497,6 +505,89 @@ class AerBackend:
                 f"{info.max_qubits}",
             )
         return _run_aer(info, circuit, request)
+
+
+    def warm_up(self) -> None:
+        """Load and run fixed programs once, before this process receives a job.
+
+        The sandbox calls it in a process started ahead of demand (a spare),
+        after hardening and before the job arrives: the first load and the
+        first simulation in a freshly forked process pay for copying the
+        pages they write (reference counts, caches), several milliseconds
+        that the job would otherwise wait for. The programs are constants, so
+        every job still starts from the same state.
+        """
+        simulator = _simulator(self._info.method)
+        for source, fmt in _WARM_UP_PROGRAMS:
+            circuit = load_circuit(source, fmt)
+            result = _execute(
+                simulator,
+                circuit,
+                {"shots": 2, "memory": True, "seed_simulator": 0,
+                 "max_parallel_threads": _threads()},
+            )  # fmt: skip
+            result.get_counts(0)
+            result.get_memory(0)
+
+
+#: What :meth:`AerBackend.warm_up` runs: one program per OpenQASM version,
+#: each a Clifford circuit that every method accepts.
+_WARM_UP_PROGRAMS: tuple[tuple[str, QasmFormat], ...] = (
+    ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\n'
+     "measure q -> c;\n", "qasm2"),
+    ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\ncx q[0], q[1];\n'
+     "c = measure q;\n", "qasm3"),
+)  # fmt: skip
+
+#: The methods of :func:`aer_backends`.
+AER_METHODS = ("statevector", "stabilizer", "automatic")
+
+#: Simulators built once by the sandbox forkserver, by method (see
+#: :func:`preload_simulators`); empty in every other process.
+_PRELOADED: dict[str, AerSimulator] = {}
+
+
+def preload_simulators(methods: tuple[str, ...] = AER_METHODS) -> None:
+    """Build one ``AerSimulator`` per method, for processes forked from this one.
+
+    For the sandbox forkserver only, before it forks: a child then uses the
+    simulator it inherited instead of building one per job (about a
+    millisecond in a fresh child). Building runs no simulation and starts no
+    thread; a child passes every per-job setting as a run option, so the
+    inherited object is never changed by a job.
+    """
+    from qiskit_aer import AerSimulator
+
+    for method in methods:
+        if method not in _PRELOADED:
+            _PRELOADED[method] = AerSimulator(method=method)
+
+
+def _simulator(method: str) -> AerSimulator:
+    simulator = _PRELOADED.get(method)
+    if simulator is not None:
+        return simulator
+    from qiskit_aer import AerSimulator
+
+    return AerSimulator(method=method)
+
+
+def _execute(simulator: AerSimulator, circuit: QuantumCircuit, options: dict[str, Any]) -> Result:
+    """Run one circuit with per-run options, in this thread.
+
+    ``AerSimulator.run`` hands the work to a thread pool and returns a job to
+    wait on; in a sandbox child that means starting a thread per job. Aer's
+    job runs ``_execute_circuits_job(circuits, parameter_binds, run_options,
+    job_id)`` in that thread; calling it here does the same work without the
+    thread. Should a future Aer drop that method, ``run`` is used.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        execute = getattr(simulator, "_execute_circuits_job", None)
+        if execute is None:
+            return simulator.run(circuit, **options).result()
+        result: Result = execute([circuit], None, dict(options), "qustody")
+        return result
 
 
 def _threads() -> int:
@@ -526,22 +617,20 @@ def _run_aer(
     from qiskit.exceptions import QiskitError
 
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    options: dict[str, object] = {
-        "method": info.method,
-        "max_parallel_threads": _threads(),
+    options: dict[str, Any] = {
+        "shots": request.shots,
+        "memory": request.memory,
         "seed_simulator": seed,
+        "max_parallel_threads": _threads(),
     }
     budget = _memory_budget_mb()
     if budget is not None:
         options["max_memory_mb"] = budget
-    simulator = qiskit_aer.AerSimulator(**options)
+    simulator = _simulator(info.method)
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = simulator.run(
-            circuit, shots=request.shots, memory=request.memory, seed_simulator=seed
-        ).result()
+    result = _execute(simulator, circuit, options)
     elapsed = time.perf_counter() - started
+    checkpoint("simulated")
     if not result.success:
         statuses = [str(result.status)] + [str(r.status) for r in result.results]
         message = " ".join(statuses)

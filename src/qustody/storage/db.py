@@ -7,6 +7,7 @@ failing half-way with "database is locked" when a read lock is upgraded.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
+
+from qustody.domain.errors import ServiceUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "qustody_write"
@@ -54,6 +57,7 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
+        self._writer_lock = threading.Lock() if self.is_sqlite else None
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
@@ -61,9 +65,22 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any error."""
-        with self._write() as session, session.begin():
-            yield session
+        """A write transaction: committed on success, rolled back on any error.
+
+        On SQLite, writers of this process queue on a lock first: SQLite lets
+        one writer in at a time anyway, and its own busy handler waits by
+        sleeping with growing back-off (tens of milliseconds), which is what a
+        queue of threads would otherwise pay. Writers in other processes still
+        meet at the database lock and its busy timeout.
+        """
+        if self._writer_lock is not None and not self._writer_lock.acquire(timeout=30):
+            raise ServiceUnavailable("the database is busy; try again shortly.")
+        try:
+            with self._write() as session, session.begin():
+                yield session
+        finally:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
