@@ -8,6 +8,7 @@ inside it.
 
     python3 scripts/dev.py serve     # embedded gateway with a demo tenant
     python3 scripts/dev.py test      # lint, types, layers and the whole test suite
+    python3 scripts/dev.py bench     # the benchmark suite: a table and a JSON file
     python3 scripts/dev.py run ARGS  # any command inside the environment
 """
 
@@ -73,10 +74,12 @@ def main(args: list[str]) -> None:
         _exec([str(_bin("qustody")), "serve", "--embedded", "--demo", *args[1:]])
     elif command == "test":
         _exec([str(_bin("python")), str(ROOT / "scripts" / "check.py"), *args[1:]])
+    elif command == "bench":
+        _exec([str(_bin("python")), "-m", "benchmarks.run", *args[1:]])
     elif command == "run":
         _exec([str(_bin(args[1])) if _bin(args[1]).exists() else args[1], *args[2:]])
     else:
-        sys.exit(f"unknown command {command!r}; try: serve, test, run")
+        sys.exit(f"unknown command {command!r}; try: serve, test, bench, run")
 
 
 if __name__ == "__main__":
