@@ -18,15 +18,18 @@ import json
 import math
 import os
 import resource
+import select
 import signal
 import sys
 from collections.abc import Collection, Mapping
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from qustody.domain.ids import JobId
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
+from qustody.executors import _trace
+from qustody.executors._trace import checkpoint
 from qustody.executors.errors import BackendError, FailureCode
 from qustody.executors.interfaces import Backend
 
@@ -63,6 +66,16 @@ class ChildConfig(NamedTuple):
     threads: int
     max_request_bytes: int
     max_output_bytes: int
+    #: Warm the backend up (``backend.warm_up()``) before reading the request:
+    #: set for processes started ahead of demand, whose warm-up nobody waits for.
+    warm_up: bool = False
+    #: Record checkpoints (:mod:`qustody.executors._trace`) and send them back.
+    trace: bool = False
+
+
+#: Set in the forkserver once it has scrubbed its environment and wiped the
+#: original strings; its children inherit the flag with the wiped memory.
+_environment_block_wiped = False
 
 
 # --------------------------------------------------------------------------------------
@@ -96,7 +109,7 @@ def minimal_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def _wipe_initial_environment_block() -> None:
+def _wipe_initial_environment_block() -> bool:
     """Zero the environment strings the kernel placed on the initial stack.
 
     ``os.environ.clear()`` unsets the variables, but the original strings stay
@@ -112,17 +125,23 @@ def _wipe_initial_environment_block() -> None:
         # Fields 50 and 51 of proc(5) (env_start, env_end); fields[0] is field 3.
         start, end = int(fields[47]), int(fields[48])
     except (OSError, ValueError, IndexError):
-        return
+        return False
     if 0 < start < end and end - start < 16 * _MIB:
         ctypes.memset(start, 0, end - start)
+        return True
+    return False
 
 
 def reset_environment(threads: int) -> None:
     """Replace the environment with :func:`minimal_environment`."""
     env = minimal_environment(threads)
+    if _environment_block_wiped and dict(os.environ) == env:
+        return  # forked from the scrubbed forkserver, with the same thread count
     os.environ.clear()
     os.environ.update(env)
-    _wipe_initial_environment_block()
+    if not _environment_block_wiped:
+        # A process forked from Qustody's forkserver shares its wiped block.
+        _wipe_initial_environment_block()
 
 
 def _redirect_stdio() -> None:
@@ -141,17 +160,27 @@ def _close_fds(keep: Collection[int]) -> None:
     os.closerange(low, max(low, resource.getrlimit(resource.RLIMIT_NOFILE)[1], 1 << 16))
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def _limit_malloc_arenas() -> None:
     # glibc reserves a 64 MiB arena of address space per thread that allocates;
     # under RLIMIT_AS that is budget spent on nothing.
+    global _libc
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
+        if _libc is None:
+            _libc = ctypes.CDLL(None)  # once, in the forkserver; children inherit it
+        _libc.mallopt(_M_ARENA_MAX, 1)
 
 
 def address_space_bytes() -> int:
     """Current virtual size of this process (``VmSize``)."""
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[0]) * resource.getpagesize()
+    # Unbuffered: a text-mode open costs a freshly forked child ~1 ms.
+    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return int(os.read(fd, 256).split()[0]) * resource.getpagesize()
+    finally:
+        os.close(fd)
 
 
 def harden_process(
@@ -255,6 +284,16 @@ def encode_failure(code: FailureCode, detail: str) -> bytes:
     return _dumps({"ok": False, "code": str(code), "detail": detail[:4000]})
 
 
+def _with_trace(reply: bytes) -> bytes:
+    """Append this process's checkpoints to an encoded answer when tracing."""
+    checkpoint("answer_encoded")
+    recorded = _trace.recorded()
+    if recorded is None:
+        return reply
+    # Every answer is a JSON object: insert one more member before its "}".
+    return reply[:-1] + b',"trace":' + _dumps(recorded) + b"}"
+
+
 def encode_result(result: ExecutionResult) -> bytes:
     return _dumps(
         {
@@ -283,14 +322,45 @@ def _decode_metadata(value: object) -> dict[str, str | int | float | bool]:
     return out
 
 
+Checkpoints = tuple[tuple[str, int], ...]
+
+
+def _decode_trace(value: object) -> Checkpoints | None:
+    """A child's checkpoints, or None when absent or malformed (never fatal)."""
+    if not isinstance(value, list) or len(value) > _trace.MAX_CHECKPOINTS:
+        return None
+    out: list[tuple[str, int]] = []
+    for item in value:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and len(item[0]) <= 64
+            and _is_int(item[1])
+        ):
+            return None
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
 def decode_outcome(data: bytes) -> ExecutionResult | ExecutionFailure:
     """Parse a child's answer; :class:`ValueError` for anything malformed.
 
     The parent trusts the child no more than the job it ran: every field is
     type-checked, failure codes must be known ones.
     """
+    return decode_reply(data)[0]
+
+
+def decode_reply(data: bytes) -> tuple[ExecutionResult | ExecutionFailure, Checkpoints | None]:
+    """:func:`decode_outcome`, and the child's checkpoints when it sent any."""
     obj = json.loads(data)
     _require(isinstance(obj, dict) and isinstance(obj.get("ok"), bool), "not an outcome")
+    trace = _decode_trace(obj.pop("trace", None))
+    return _decode_outcome(obj), trace
+
+
+def _decode_outcome(obj: Any) -> ExecutionResult | ExecutionFailure:
     if not obj["ok"]:
         code, detail = obj.get("code"), obj.get("detail")
         _require(code in {str(c) for c in FailureCode}, "unknown failure code")
@@ -349,12 +419,16 @@ def decode_outcome(data: bytes) -> ExecutionResult | ExecutionFailure:
 
 def _run_job(conn: Connection, backend: Backend, config: ChildConfig) -> bytes:
     try:
-        request = decode_request(conn.recv_bytes(config.max_request_bytes))
+        data = conn.recv_bytes(config.max_request_bytes)
+        checkpoint("request_read")
+        request = decode_request(data)
     except (OSError, EOFError, ValueError) as exc:
         return encode_failure(FailureCode.PROTOCOL_ERROR, f"bad request ({type(exc).__name__})")
+    checkpoint("request_decoded")
     budget_mib = config.memory_bytes // _MIB
     try:
         result: object = backend.run(request)
+        checkpoint("executed")
         if not isinstance(result, ExecutionResult):
             return encode_failure(FailureCode.PROTOCOL_ERROR, "the backend returned no result")
         reply = encode_result(result)
@@ -383,12 +457,20 @@ def _run_job(conn: Connection, backend: Backend, config: ChildConfig) -> bytes:
 def sandbox_main(
     conn: Connection, diagnostics: Connection, backend: Backend, config: ChildConfig
 ) -> None:
-    """Entry point of a sandbox child: harden, read one request, answer, exit.
+    """Entry point of a sandbox child: harden, (warm up,) read one request, answer, exit.
 
     ``diagnostics`` becomes the child's stderr: the parent keeps its last few
     KiB only to tell an allocation failure (Rust and C++ abort on one) from
     other crashes, and never shows it to anyone.
+
+    With ``config.warm_up`` (a process started before its job was known) the
+    backend runs its fixed warm-up programs after hardening and before the
+    request is read: no job data is in the process yet, and every job finds
+    the same state.
     """
+    if config.trace:
+        _trace.enable()
+    checkpoint("child_started")
     try:
         harden_process(
             [conn.fileno(), diagnostics.fileno()],
@@ -400,8 +482,12 @@ def sandbox_main(
         diagnostics.close()
     except BaseException:  # noqa: BLE001 - never run a job in a half-hardened process
         os._exit(EXIT_SETUP_FAILED)
+    checkpoint("hardened")
+    if config.warm_up:
+        _warm_up(backend, conn.fileno())
+        checkpoint("warmed_up")
     try:
-        reply = _run_job(conn, backend, config)
+        reply = _with_trace(_run_job(conn, backend, config))
     except MemoryError:
         reply = encode_failure(FailureCode.MEMORY_LIMIT, "out of memory while reporting")
     with contextlib.suppress(OSError):
@@ -409,6 +495,50 @@ def sandbox_main(
     # Skip interpreter and multiprocessing clean-up: nothing to flush, and no
     # handler inherited from the forkserver should run in here.
     os._exit(0)
+
+
+_WARM_UP_REQUEST = encode_request(
+    ExecutionRequest(
+        job_id=JobId("warm-up"),
+        backend="warm-up",
+        circuit="OPENQASM 2.0;",
+        circuit_format="qasm2",
+        shots=1,
+    )
+)
+_WARM_UP_RESULT = ExecutionResult(
+    counts={"0": 1},
+    memory=["0"],
+    clbit_registers=(("c", 1),),
+    backend="warm-up",
+    shots=1,
+    seed=0,
+    method="warm-up",
+    simulator_version="warm-up",
+    execution_seconds=0.0,
+    metadata={"warm-up": True},
+)
+
+
+def _warm_up(backend: Backend, request_fd: int) -> None:
+    """Run the codecs and the backend's ``warm_up(idle)`` once, while no request
+    is waiting on ``request_fd``; a failure is ignored (the job then pays for
+    what was not warmed)."""
+
+    poller = select.poll()
+    poller.register(request_fd, select.POLLIN)
+
+    def idle() -> bool:
+        return not poller.poll(0)
+
+    warm_up = getattr(backend, "warm_up", None)
+    try:
+        decode_request(_WARM_UP_REQUEST)
+        decode_outcome(encode_result(_WARM_UP_RESULT))
+        if callable(warm_up):
+            warm_up(idle)
+    except BaseException:  # noqa: BLE001, S110 - Rust panics too; the job reports its own
+        pass
 
 
 # --------------------------------------------------------------------------------------
@@ -440,20 +570,35 @@ def _bootstrap_forkserver(env: Mapping[str, str] | None = None) -> None:
     minimal one (also sizing thread pools before numpy and Aer read it) and
     wipe the original strings from memory, so no child can read them back.
 
-    Then import :data:`PRELOAD_MODULES` and move every object into the garbage
-    collector's permanent generation (``gc.freeze``): otherwise the first full
-    collection in each child walks the ~100 MB of Qiskit objects, taking
-    ~35 ms and un-sharing their copy-on-write pages.
+    Then import :data:`PRELOAD_MODULES`, build what every child would build
+    again (one simulator per Aer method, the C library handle, the loaders'
+    lazy state), and move every object into the garbage collector's permanent
+    generation (``gc.freeze``): otherwise the first full collection in each
+    child walks the ~100 MB of Qiskit objects, taking ~35 ms and un-sharing
+    their copy-on-write pages.
     """
+    global _environment_block_wiped, _libc
     os.environ.clear()
     os.environ.update(env if env is not None else minimal_environment(1))
-    _wipe_initial_environment_block()
+    _environment_block_wiped = _wipe_initial_environment_block()
     for name in PRELOAD_MODULES:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     _warm_up_loaders()
+    _preload_simulators()
+    with contextlib.suppress(OSError):
+        _libc = ctypes.CDLL(None)
     gc.collect()
     gc.freeze()
+
+
+def _preload_simulators() -> None:
+    try:
+        from qustody.executors.aer import preload_simulators
+    except ImportError:
+        return
+    with contextlib.suppress(Exception):
+        preload_simulators()
 
 
 _WARM_UP_PROGRAMS = (

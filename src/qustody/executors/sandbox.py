@@ -2,10 +2,12 @@
 
 How a job runs
 --------------
-1. The parent (a worker thread) asks Qustody's forkserver for a new process.
-   The forkserver imported Qiskit and Aer once, when it started, so the fork
-   costs milliseconds and no state survives from one job (or tenant) to the
-   next: every job gets a copy of the same clean, pre-import memory image.
+1. The job gets a new process from Qustody's forkserver. The forkserver
+   imported Qiskit and Aer once, when it started, and built one simulator per
+   Aer method, so the fork costs milliseconds and no state survives from one
+   job (or tenant) to the next: every job gets a copy of the same clean
+   memory image, which has never run a job. Every process runs one job, then
+   exits.
 2. The child hardens itself before it reads anything (:func:`harden_process`):
    stdio to /dev/null, every inherited descriptor but its own socket closed,
    the environment replaced by a minimal whitelist, no core dumps, new session,
@@ -21,6 +23,21 @@ How a job runs
    child, and reads the child's answer without ever blocking past the
    deadline. A child that dies without answering is classified from its exit
    status.
+
+Spares: the work that no job needs to wait for
+----------------------------------------------
+Starting a process (the forkserver round trip, the fork, multiprocessing's
+bootstrap, hardening) and its first steps in Qiskit (a freshly forked process
+copies every page it writes, several milliseconds for the first circuit load
+and simulation) do not depend on the job. So once a backend has run a job, the
+sandbox keeps ``spares`` processes for it (one by default) already started,
+hardened and warmed up: the backend's ``warm_up()`` loads and runs fixed
+programs, constants of the server, before the process has read any request.
+A job takes a spare (or starts a process when there is none), and a
+replacement starts in the background. A spare is a fresh process that has
+seen no job: each job still runs alone in a process of its own, which exits
+after answering. The job returns as soon as its answer is read; the process's
+exit status is collected in the background too (:class:`_Housekeeper`).
 
 The environment, and when the forkserver starts
 -----------------------------------------------
@@ -59,25 +76,28 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, ForkServerProcess
 from multiprocessing.context import set_spawning_popen as _set_spawning_popen
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 from qustody.domain.errors import ConfigurationError
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
 from qustody.executors import _child
 from qustody.executors._child import (
     EXIT_SETUP_FAILED,
+    Checkpoints,
     ChildConfig,
-    decode_outcome,
+    decode_reply,
     encode_request,
     harden_process,
 )
 from qustody.executors.errors import FailureCode, SandboxUnavailable, UnknownBackend
+from qustody.executors.interfaces import Backend
 from qustody.executors.registry import BackendRegistry, default_registry
 
 __all__ = [
     "FORKSERVER_PRELOAD",
     "Sandbox",
     "SandboxLimits",
+    "SandboxTrace",
     "acquire_forkserver",
     "harden_process",
     "process_exitcode",
@@ -96,8 +116,15 @@ _GIB = 1024 * _MIB
 #: itself and freezes the garbage collector (see ``_child._bootstrap_forkserver``).
 FORKSERVER_PRELOAD: tuple[str, ...] = ("qustody.executors._child", *_child.PRELOAD_MODULES)
 
-#: How often a waiting parent looks at the cancel event.
+#: How often a waiting parent looks at the cancel event (a ``threading.Event``
+#: has no descriptor to poll); the answer, the child's exit and shutdown wake
+#: it at once.
 _POLL_SECONDS = 0.02
+#: How long a process that answered (or was killed) may take to report its
+#: exit before it is killed (again).
+_EXIT_GRACE_SECONDS = 2.0
+#: How long ``Sandbox.close`` waits for retired processes to be collected.
+_CLOSE_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,12 +360,65 @@ def _failure(code: FailureCode, detail: str) -> ExecutionFailure:
     return ExecutionFailure(code=str(code), detail=detail)
 
 
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` is readable now (poll: descriptors may exceed FD_SETSIZE)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxTrace:
+    """Where one job's time went, for benchmarks and diagnostics only.
+
+    ``checkpoints`` are ``(name, time.perf_counter_ns())`` pairs in time order,
+    from both processes (``perf_counter_ns`` reads ``CLOCK_MONOTONIC``, one
+    clock for all processes on Linux). The parent's: ``execute`` (the call),
+    ``process_ready`` (a process holds the job: a spare taken, or a new one
+    started), ``request_sent``, ``answer_read``, ``decoded``. The child's:
+    ``child_started``, ``hardened``, ``warmed_up`` (spares only),
+    ``request_read``, ``request_decoded``, the backend's own (Aer:
+    ``circuit_loaded``, ``simulated``), ``executed``, ``answer_encoded``.
+    With ``spare`` the child's first checkpoints precede ``execute``: that
+    work was done before the job arrived. Never part of a job's result.
+    """
+
+    job_id: str
+    backend: str
+    spare: bool
+    checkpoints: tuple[tuple[str, int], ...]
+
+
+class _Child:
+    """A sandbox process and the parent's ends of its two channels."""
+
+    __slots__ = ("backend", "conn", "diagnostics", "process")
+
+    def __init__(
+        self, process: BaseProcess, conn: Connection, diagnostics: Connection, backend: Backend
+    ) -> None:
+        self.process = process
+        self.conn = conn
+        self.diagnostics = diagnostics
+        self.backend = backend
+
+    def close_channels(self) -> None:
+        for channel in (self.conn, self.diagnostics):
+            with contextlib.suppress(OSError):
+                channel.close()
+
+
 class Sandbox:
     """Runs jobs, one fresh process each; thread-safe, N jobs from N threads.
 
     ``execute`` never raises for a job's failure: it returns an
     :class:`ExecutionFailure` whose ``code`` is one of
     :class:`~qustody.executors.errors.FailureCode`.
+
+    ``spares`` is how many processes to keep started, hardened and warmed up
+    for each backend that has run a job (0: start every process on demand);
+    ``trace``, when given, is called with a :class:`SandboxTrace` after each
+    job (benchmarks and diagnostics only).
     """
 
     def __init__(
@@ -347,13 +427,23 @@ class Sandbox:
         registry: BackendRegistry | None = None,
         *,
         start: bool = True,
+        spares: int = 1,
+        trace: Callable[[SandboxTrace], None] | None = None,
     ) -> None:
+        if isinstance(spares, bool) or not isinstance(spares, int) or not 0 <= spares <= 16:
+            raise ConfigurationError("sandbox spares must be an integer from 0 to 16")
         self.limits = limits or SandboxLimits()
         self.registry = registry if registry is not None else default_registry()
+        self.spares = spares
+        self._trace = trace
         self._lock = threading.Lock()
         self._live: set[BaseProcess] = set()
+        #: Spares by backend name, oldest first, and how many are being started.
+        self._idle: dict[str, list[_Child]] = {}
+        self._starting: dict[str, int] = {}
         self._closing = threading.Event()
         self._context: ForkServerContext | None = None
+        self._housekeeper: _Housekeeper | None = None
         if start:
             self.start()
 
@@ -364,17 +454,25 @@ class Sandbox:
                 raise SandboxUnavailable("the sandbox is closed")
             if self._context is None:
                 self._context = acquire_forkserver()
+                self._housekeeper = _Housekeeper(self)
 
     def close(self) -> None:
-        """Kill running jobs (they report ``cancelled``), release the forkserver."""
+        """Kill running jobs (they report ``cancelled``) and spares, release the forkserver."""
         with self._lock:
             if self._closing.is_set():
                 return
             self._closing.set()
             live = list(self._live)
+            idle = [child for children in self._idle.values() for child in children]
+            self._idle.clear()
             context, self._context = self._context, None
+            housekeeper = self._housekeeper
         for process in live:
             _kill(process)
+        for child in idle:
+            self._discard(child)
+        if housekeeper is not None:
+            housekeeper.stop(_CLOSE_TIMEOUT_SECONDS)
         if context is not None:
             release_forkserver()
 
@@ -390,6 +488,9 @@ class Sandbox:
         cancel_event: threading.Event | None = None,
     ) -> ExecutionResult | ExecutionFailure:
         """Run one job in a fresh sandbox process; see the module docstring."""
+        stamps: list[tuple[str, int]] | None = None
+        if self._trace is not None:
+            stamps = [("execute", time.perf_counter_ns())]
         self.start()
         try:
             backend = self.registry.get(request.backend)
@@ -404,36 +505,239 @@ class Sandbox:
                 f"the job is {len(payload)} bytes; the sandbox accepts at most "
                 f"{self.limits.max_request_bytes}",
             )
+        child = self._take_spare(request.backend, backend)
+        spare = child is not None
+        if child is None:
+            child = self._start_child(backend, warm_up=False)
+        if stamps is not None:
+            stamps.append(("process_ready", time.perf_counter_ns()))
+        process = child.process
+        with self._lock:
+            self._live.add(process)
+            closing = self._closing.is_set()
+        if closing:
+            _kill(process)
+        try:
+            outcome, child_stamps = _Supervision(self, child, stamps).run(payload, cancel_event)
+        finally:
+            with self._lock:
+                self._live.discard(process)
+            child.close_channels()
+            self._retire(process)
+            # Only now: a replacement started while the job runs would compete
+            # with it for the CPU.
+            self._want_spares(request.backend, backend)
+        if stamps is not None:
+            self._report(request, spare, stamps, child_stamps)
+        return outcome
+
+    # -- processes ---------------------------------------------------------------------
+
+    def _start_child(self, backend: Backend, *, warm_up: bool) -> _Child:
+        """Start a sandbox process for ``backend``; it hardens itself and waits."""
+        config = self.limits.child_config()._replace(warm_up=warm_up, trace=self._trace is not None)
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         diagnostics, child_diagnostics = multiprocessing.Pipe(duplex=False)
         try:
-            try:
-                process = start_isolated_process(
-                    _child.sandbox_main,
-                    (child_end, child_diagnostics, backend, self.limits.child_config()),
-                    name=f"qustody-sandbox:{request.job_id}",
-                )
-            except OSError as exc:
-                raise SandboxUnavailable(f"could not start a sandbox process: {exc}") from None
-            finally:
-                child_end.close()
-                child_diagnostics.close()
-            with self._lock:
-                self._live.add(process)
-                closing = self._closing.is_set()
-            if closing:
-                _kill(process)
-            try:
-                return _Supervision(self, process, parent_end, diagnostics).run(
-                    payload, cancel_event
-                )
-            finally:
-                with self._lock:
-                    self._live.discard(process)
-                _reap(process)
-        finally:
+            process = start_isolated_process(
+                _child.sandbox_main,
+                (child_end, child_diagnostics, backend, config),
+                name="qustody-sandbox",
+            )
+        except BaseException as exc:
             parent_end.close()
             diagnostics.close()
+            if isinstance(exc, OSError):
+                raise SandboxUnavailable(f"could not start a sandbox process: {exc}") from None
+            raise
+        finally:
+            child_end.close()
+            child_diagnostics.close()
+        return _Child(process, parent_end, diagnostics, backend)
+
+    def _take_spare(self, name: str, backend: Backend) -> _Child | None:
+        """The oldest live spare started for this backend, if any."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(name)
+                if not idle:
+                    return None
+                child = idle.pop(0)
+            # A readable sentinel means the exit was reported: checked without
+            # _process_lock, which a spare being started may hold.
+            if child.backend is backend and not _readable(child.process.sentinel):
+                return child
+            self._discard(child)
+
+    def _want_spares(self, name: str, backend: Backend) -> None:
+        """Have the housekeeper start spares up to ``self.spares`` for this backend."""
+        if self.spares == 0:
+            return
+        with self._lock:
+            housekeeper = self._housekeeper
+            if self._closing.is_set() or housekeeper is None:
+                return
+            missing = self.spares - len(self._idle.get(name, ())) - self._starting.get(name, 0)
+            if missing <= 0:
+                return
+            self._starting[name] = self._starting.get(name, 0) + missing
+        housekeeper.start_spares(name, backend, missing)
+
+    def _start_spare(self, name: str, backend: Backend) -> None:
+        """Called by the housekeeper."""
+        child: _Child | None = None
+        try:
+            child = self._start_child(backend, warm_up=True)
+        except Exception as exc:  # noqa: BLE001 - a job that needs it starts its own
+            log.warning("could not start a spare sandbox process: %s", exc)
+        with self._lock:
+            self._starting[name] = max(0, self._starting.get(name, 0) - 1)
+            keep = child is not None and not self._closing.is_set()
+            if keep:
+                assert child is not None
+                self._idle.setdefault(name, []).append(child)
+        if child is not None and not keep:
+            self._discard(child)
+
+    def _discard(self, child: _Child) -> None:
+        _kill(child.process)
+        child.close_channels()
+        self._retire(child.process)
+
+    def _retire(self, process: BaseProcess) -> None:
+        """Collect the process's exit status, in the background when possible."""
+        housekeeper = self._housekeeper
+        if housekeeper is None or not housekeeper.retire(process):
+            _reap(process)
+
+    def _report(
+        self,
+        request: ExecutionRequest,
+        spare: bool,
+        stamps: list[tuple[str, int]],
+        child_stamps: tuple[tuple[str, int], ...] | None,
+    ) -> None:
+        assert self._trace is not None
+        checkpoints = sorted([*stamps, *(child_stamps or ())], key=lambda item: item[1])
+        trace = SandboxTrace(request.job_id, request.backend, spare, tuple(checkpoints))
+        try:
+            self._trace(trace)
+        except Exception:
+            log.exception("the sandbox trace callback failed")
+
+
+class _Housekeeper:
+    """A sandbox's background thread: starts spares and collects exit statuses.
+
+    Both are kept off the jobs' critical path. A job takes a spare that was
+    started while earlier jobs ran, and returns as soon as its answer is read;
+    its process exits on its own and the exit status (multiprocessing's
+    forkserver reports it over the process's sentinel) is collected here. A
+    process that has not exited ``_EXIT_GRACE_SECONDS`` after it was retired
+    is killed.
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+        self._lock = threading.Lock()
+        self._spawns: list[tuple[str, Backend]] = []
+        #: Retired processes: when to kill them (or give up), and whether killed.
+        self._dying: dict[BaseProcess, tuple[float, bool]] = {}
+        self._stopping = False
+        self._exited = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._thread = threading.Thread(
+            target=self._run, name="qustody-sandbox-housekeeper", daemon=True
+        )
+        self._thread.start()
+
+    def start_spares(self, name: str, backend: Backend, count: int) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._spawns.extend([(name, backend)] * count)
+        self._wake()
+
+    def retire(self, process: BaseProcess) -> bool:
+        """Collect ``process`` in the background; False once this thread is gone."""
+        with self._lock:
+            if self._exited:
+                return False
+            self._dying[process] = (time.monotonic() + _EXIT_GRACE_SECONDS, False)
+        self._wake()
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """Start no more spares; return once every retired process is collected."""
+        with self._lock:
+            self._stopping = True
+            self._spawns.clear()
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("sandbox processes were still exiting when the sandbox closed")
+            return
+        _close_fds(self._wake_r, self._wake_w)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        except Exception:
+            log.exception("the sandbox housekeeper failed; processes are now collected inline")
+        finally:
+            with self._lock:
+                self._exited = True
+                dying, self._dying = list(self._dying), {}
+            for process in dying:
+                with contextlib.suppress(Exception):
+                    _reap(process)
+
+    def _step(self) -> bool:
+        """Start the spares asked for, collect or kill retired processes, wait;
+        False once stopping and nothing is left to collect."""
+        with self._lock:
+            spawns, self._spawns = self._spawns, []
+        for name, backend in spawns:
+            self._sandbox._start_spare(name, backend)
+        now = time.monotonic()
+        with self._lock:
+            if self._stopping and not self._dying and not self._spawns:
+                return False
+            dying = list(self._dying.items())
+        waiting: dict[int, BaseProcess] = {}
+        deadline: float | None = None
+        for process, (due, killed) in dying:
+            if due <= now:
+                if killed:  # no status 5 s after SIGKILL: leave it to multiprocessing
+                    log.warning("sandbox process %s did not report its exit", process.pid)
+                    with self._lock:
+                        del self._dying[process]
+                    continue
+                _kill(process)
+                due = now + 5.0
+                with self._lock:
+                    self._dying[process] = (due, True)
+            waiting[process.sentinel] = process
+            deadline = due if deadline is None else min(deadline, due)
+        timeout = None if deadline is None else max(0.0, deadline - now)
+        ready = multiprocessing.connection.wait([self._wake_r, *waiting], timeout)
+        for fd in ready:
+            if fd == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                continue
+            process = waiting[cast(int, fd)]
+            _reap(process)
+            with self._lock:
+                self._dying.pop(process, None)
+        return True
 
 
 #: Marks of an allocation failure in a dying process's stderr: Rust's
@@ -446,32 +750,52 @@ class _Supervision:
     """The parent's side of one job: feed the request, watch the child, read the answer.
 
     Never blocks past the wall-clock deadline: both sockets are non-blocking
-    and multiplexed with the child's exit sentinel in one poll loop, which also
-    notices cancellation and shutdown every ``_POLL_SECONDS``.
+    and multiplexed with the child's exit sentinel in one poll loop. The
+    answer, the child's exit and a shutdown (which kills the child) wake the
+    loop at once; a cancellation is noticed within ``_POLL_SECONDS``.
     """
 
     def __init__(
-        self, sandbox: Sandbox, process: BaseProcess, conn: Connection, diagnostics: Connection
+        self, sandbox: Sandbox, child: _Child, stamps: list[tuple[str, int]] | None
     ) -> None:
         self.sandbox = sandbox
         self.limits = sandbox.limits
-        self.process = process
-        self.fd = conn.fileno()
-        self.diagnostics_fd = diagnostics.fileno()
+        self.process = child.process
+        self.fd = child.conn.fileno()
+        self.diagnostics_fd = child.diagnostics.fileno()
+        self.stamps = stamps
         self.tail = bytearray()
         self.frame = _Frame(self.limits.max_output_bytes + 1024)
 
+    def _stamp(self, name: str) -> None:
+        if self.stamps is not None:
+            self.stamps.append((name, time.perf_counter_ns()))
+
+    def _send(self, outgoing: memoryview) -> memoryview:
+        """Write what the socket takes now; the rest is returned."""
+        while outgoing:
+            try:
+                sent = os.write(self.fd, outgoing[: 1 << 16])
+            except BlockingIOError:
+                return outgoing
+            except OSError:  # the child is gone; its exit status says why
+                return memoryview(b"")
+            outgoing = outgoing[sent:]
+        self._stamp("request_sent")
+        return outgoing
+
     def run(
         self, payload: bytes, cancel_event: threading.Event | None
-    ) -> ExecutionResult | ExecutionFailure:
+    ) -> tuple[ExecutionResult | ExecutionFailure, Checkpoints | None]:
         limits, process, frame = self.limits, self.process, self.frame
         deadline = time.monotonic() + limits.wall_seconds
         os.set_blocking(self.fd, False)
         os.set_blocking(self.diagnostics_fd, False)
-        outgoing = memoryview(struct.pack("!i", len(payload)) + payload)
+        # Small requests fit the socket buffer: sent here, without a poll round.
+        outgoing = self._send(memoryview(struct.pack("!i", len(payload)) + payload))
         poller = select.poll()
         poller.register(process.sentinel, select.POLLIN)
-        poller.register(self.fd, select.POLLIN | select.POLLOUT)
+        poller.register(self.fd, select.POLLIN | (select.POLLOUT if outgoing else 0))
         poller.register(self.diagnostics_fd, select.POLLIN)
         child_gone = False
         while not frame.complete:
@@ -479,10 +803,10 @@ class _Supervision:
                 _kill(process)
                 return _failure(
                     FailureCode.CANCELLED, "the sandbox was shut down while the job ran"
-                )
+                ), None
             if cancel_event is not None and cancel_event.is_set():
                 _kill(process)
-                return _failure(FailureCode.CANCELLED, "the job was cancelled while it ran")
+                return _failure(FailureCode.CANCELLED, "the job was cancelled while it ran"), None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 _kill(process)
@@ -490,7 +814,7 @@ class _Supervision:
                     FailureCode.TIMEOUT,
                     f"the job ran longer than the wall-clock limit of {limits.wall_seconds:g} s; "
                     "use fewer shots or a smaller circuit",
-                )
+                ), None
             if child_gone:
                 break
             for ready, mask in poller.poll(min(remaining, _POLL_SECONDS) * 1000):
@@ -502,13 +826,7 @@ class _Supervision:
                         poller.unregister(self.diagnostics_fd)
                     continue
                 elif mask & select.POLLOUT and outgoing:
-                    try:
-                        sent = os.write(self.fd, outgoing[: 1 << 16])
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError:  # the child is gone; its exit status says why
-                        outgoing, sent = memoryview(b""), 0
-                    outgoing = outgoing[sent:]
+                    outgoing = self._send(outgoing)
                     if not outgoing:
                         poller.modify(self.fd, select.POLLIN)
                 if ready == self.fd and mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
@@ -520,16 +838,21 @@ class _Supervision:
                             FailureCode.OUTPUT_TOO_LARGE,
                             f"the result is larger than the {limits.max_output_bytes} bytes the "
                             "sandbox returns; use fewer shots or memory=false",
-                        )
+                        ), None
             if child_gone and not frame.complete:
                 _drain(self.fd, frame)  # it may have answered just before exiting
         if not frame.complete:
             self._read_diagnostics()
-            return self._classify()
+            return self._classify(), None
+        self._stamp("answer_read")
         try:
-            return decode_outcome(frame.payload())
+            outcome, child_stamps = decode_reply(frame.payload())
         except ValueError:
-            return _failure(FailureCode.PROTOCOL_ERROR, "the sandbox answered a malformed result")
+            return _failure(
+                FailureCode.PROTOCOL_ERROR, "the sandbox answered a malformed result"
+            ), None
+        self._stamp("decoded")
+        return outcome, child_stamps
 
     def _read_diagnostics(self) -> bool:
         """Keep the last few KiB the child wrote to stderr; False at end of stream."""

@@ -144,7 +144,7 @@ def transition(
     )
     job.state = to.value
     job.updated_at = at
-    session.execute(insert(m.JobTransition), transitions)
+    session.connection().execute(insert(m.JOB_TRANSITIONS), transitions)
     record_rows(session, events)
 
 
@@ -156,8 +156,8 @@ def store_sealed(
     plaintext_sha256: str,
     now: datetime,
 ) -> None:
-    session.execute(
-        insert(m.SealedObject).values(
+    session.connection().execute(
+        insert(m.SEALED_OBJECTS).values(
             object_id=job.id,
             field=field,
             tenant_id=job.tenant_id,
@@ -326,7 +326,7 @@ class JobService:
             session.flush()
             if sealed is not None:
                 store_sealed(session, job, CIRCUIT_FIELD, sealed, digest, now)
-            session.execute(insert(m.JobTransition), [first, *transitions])
+            session.connection().execute(insert(m.JOB_TRANSITIONS), [first, *transitions])
             record_rows(session, [submitted, *events])
             result = view(job)
         if refusal is not None:

@@ -9,6 +9,7 @@ holds only envelope-encrypted bytes.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import (
     JSON,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -177,3 +179,9 @@ class AuditEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     job_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
     payload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+# The tables themselves, for Core inserts on hot paths (no ORM unit of work).
+AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
+JOB_TRANSITIONS = cast(Table, JobTransition.__table__)
+SEALED_OBJECTS = cast(Table, SealedObject.__table__)
