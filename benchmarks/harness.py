@@ -99,8 +99,9 @@ def rate(
     )
 
 
-def ratio(benchmark: str, case: str, a: Sequence[float], b: Sequence[float],
-          *, at_most: float | None) -> Measurement:
+def ratio(
+    benchmark: str, case: str, a: Sequence[float], b: Sequence[float], *, at_most: float | None
+) -> Measurement:
     value = statistics.median(a) / statistics.median(b)
     return Measurement(
         benchmark,
@@ -115,8 +116,17 @@ def ratio(benchmark: str, case: str, a: Sequence[float], b: Sequence[float],
 
 def environment() -> dict[str, object]:
     versions = {}
-    for name in ("qiskit", "qiskit-aer", "fastapi", "uvicorn", "sqlalchemy", "cedarpy",
-                 "cryptography", "joserfc", "psycopg"):
+    for name in (
+        "qiskit",
+        "qiskit-aer",
+        "fastapi",
+        "uvicorn",
+        "sqlalchemy",
+        "cedarpy",
+        "cryptography",
+        "joserfc",
+        "psycopg",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from qiskit import qasm2
+from qiskit_aer import AerSimulator
 
 from qustody.domain.errors import ConfigurationError
 from qustody.domain.ids import new_job_id
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
-from qustody.executors.aer import STABILIZER_MAX_QUBITS, STATEVECTOR_MAX_QUBITS, aer_backends
+from qustody.executors.aer import (
+    STABILIZER_MAX_QUBITS,
+    STATEVECTOR_MAX_QUBITS,
+    AerBackend,
+    aer_backends,
+)
 from qustody.executors.errors import UnknownBackend
 from qustody.executors.registry import BackendRegistry, default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
@@ -140,6 +147,47 @@ def test_missing_seed_is_chosen_and_reported(sandbox: Sandbox) -> None:
     first = run(sandbox, GHZ2, memory=True)
     again = run(sandbox, GHZ2, seed=first.seed, memory=True)
     assert again.memory == first.memory
+
+
+def test_a_job_leaves_nothing_behind_for_the_next(sandbox: Sandbox) -> None:
+    # Job B, then other jobs with other circuits, seeds, shots, options and
+    # formats (or no seed), then B again: B sees exactly what it saw first.
+    first = run(sandbox, GHZ2, shots=64, seed=99, memory=True)
+    run(sandbox, ghz(8), shots=5000, seed=1, memory=True)
+    run(sandbox, GHZ3, fmt="qasm3", shots=10)
+    run(sandbox, ghz(3), shots=7)
+    again = run(sandbox, GHZ2, shots=64, seed=99, memory=True)
+    assert again.memory == first.memory
+    assert again.counts == first.counts
+    assert again.metadata == first.metadata | {"time_taken": again.metadata["time_taken"]}
+
+
+@pytest.mark.parametrize("backend", aer_backends(), ids=lambda b: b.info.name)
+def test_run_in_process_matches_aer_run(backend: AerBackend) -> None:
+    # The backend calls Aer's job function in its own thread; the result must be
+    # what AerSimulator.run gives for the same seed (and the hook must exist in
+    # this Aer, or the slower public path is being used).
+    assert hasattr(AerSimulator, "_execute_circuits_job")
+    job = ExecutionRequest(new_job_id(), backend.info.name, GHZ2, "qasm2", 200, 5, True)
+    result = backend.run(job)
+    circuit = qasm2.loads(GHZ2)
+    simulator = AerSimulator(method=backend.info.method)
+    expected = simulator.run(circuit, shots=200, seed_simulator=5, memory=True).result()
+    assert result.memory == expected.get_memory(0)
+    assert result.counts == expected.get_counts(0)
+
+
+def test_warm_up_runs_in_process_and_stops_when_asked() -> None:
+    backend = aer_backends()[0]
+    calls: list[bool] = []
+
+    def idle() -> bool:
+        calls.append(True)
+        return len(calls) < 3
+
+    backend.warm_up(idle)  # loads the first program, runs it, then stops
+    assert len(calls) == 3
+    backend.warm_up(lambda: True)
 
 
 def test_memory(sandbox: Sandbox) -> None:

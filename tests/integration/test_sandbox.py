@@ -17,10 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from qiskit_aer import AerSimulator
 
+from qustody.domain.errors import ConfigurationError
 from qustody.domain.ids import new_job_id
 from qustody.domain.models import (
     BackendInfo,
@@ -28,11 +31,13 @@ from qustody.domain.models import (
     ExecutionRequest,
     ExecutionResult,
 )
-from qustody.executors.aer import aer_backends
-from qustody.executors.errors import SandboxUnavailable
+from qustody.executors import aer
+from qustody.executors._child import decode_reply, encode_failure
+from qustody.executors.aer import AerBackend, aer_backends
+from qustody.executors.errors import FailureCode, SandboxUnavailable
 from qustody.executors.interfaces import Backend
 from qustody.executors.registry import BackendRegistry
-from qustody.executors.sandbox import Sandbox, SandboxLimits
+from qustody.executors.sandbox import Sandbox, SandboxLimits, SandboxTrace
 
 MIB = 1024 * 1024
 GHZ5 = """OPENQASM 2.0;
@@ -46,6 +51,11 @@ cx q[2],q[3];
 cx q[3],q[4];
 measure q -> c;
 """
+
+
+#: Jobs run by the process this module is loaded in (a sandbox child loads it
+#: when it unpickles its backend): a fresh process must report exactly one.
+_jobs_run = 0
 
 
 class FaultBackend:
@@ -90,6 +100,8 @@ class FaultBackend:
                 pass
         elif self.fault == "probe":
             metadata = _probe()
+        elif self.fault == "whoami":
+            metadata = _whoami()
         return ExecutionResult(
             counts={},
             memory=None,
@@ -123,6 +135,57 @@ def _probe() -> dict[str, str | int | float | bool]:
     }
 
 
+def _whoami() -> dict[str, str | int | float | bool]:
+    global _jobs_run
+    _jobs_run += 1
+    return {"pid": os.getpid(), "ppid": os.getppid(), "jobs_run": _jobs_run}
+
+
+class AerProbe(AerBackend):
+    """Aer's warm-up, then reports the simulator a job would use instead of running."""
+
+    __slots__ = ()
+
+    def run(self, request: ExecutionRequest) -> ExecutionResult:
+        simulator = aer._PRELOADED[self.info.method]
+        return ExecutionResult(
+            counts={},
+            memory=None,
+            clbit_registers=(),
+            backend=self.info.name,
+            shots=request.shots,
+            seed=0,
+            method=self.info.method,
+            simulator_version="test",
+            execution_seconds=0.0,
+            metadata={
+                **_whoami(),
+                "preloaded": ",".join(sorted(aer._PRELOADED)),
+                "options": _options(simulator),
+            },
+        )
+
+
+def _options(simulator: AerSimulator) -> str:
+    return repr(sorted(simulator.options.__dict__.items()))
+
+
+def aer_probe() -> AerProbe:
+    info = aer_backends()[0].info
+    return AerProbe(
+        BackendInfo(
+            name="aer-probe",
+            description="test-only backend",
+            provider="tests",
+            simulator=True,
+            max_qubits=info.max_qubits,
+            max_shots=info.max_shots,
+            basis_gates=info.basis_gates,
+            method="statevector",
+        )
+    )
+
+
 def registry() -> BackendRegistry:
     backends: list[Backend] = [
         *aer_backends(),
@@ -133,6 +196,8 @@ def registry() -> BackendRegistry:
         FaultBackend("sleep", 30),
         FaultBackend("spin"),
         FaultBackend("probe"),
+        FaultBackend("whoami"),
+        aer_probe(),
     ]
     return BackendRegistry(backends)
 
@@ -344,3 +409,179 @@ def test_parent_secrets_do_not_reach_the_child() -> None:
     assert "QUSTODY_TEST_SECRET" not in json.loads(seen["environ"])
     assert secret not in seen["proc_environ"]
     assert secret not in seen["forkserver_environ"]
+
+
+# -- one fresh process per job, spares, tracing --------------------------------------
+
+
+def traced_sandbox(
+    traces: list[SandboxTrace], limits: SandboxLimits = LIMITS, spares: int = 1
+) -> Sandbox:
+    return Sandbox(limits, registry(), spares=spares, trace=traces.append)
+
+
+def warm_spare_job(
+    box: Sandbox, traces: list[SandboxTrace], job: ExecutionRequest
+) -> ExecutionResult:
+    """Run ``job`` (a new request each try) until it lands on a spare that had
+    finished warming up before the job arrived; retried, never timed."""
+    for _ in range(50):
+        outcome = box.execute(replace(job, job_id=new_job_id()))
+        assert isinstance(outcome, ExecutionResult), outcome
+        trace = traces[-1]
+        points = dict(trace.checkpoints)
+        if trace.spare and points.get("warmed_up", points["execute"]) < points["execute"]:
+            return outcome
+        time.sleep(0.2)
+    pytest.fail("no job found a warmed-up spare")
+
+
+@pytest.mark.parametrize("spares", [0, 1, 3])
+def test_every_job_gets_a_fresh_process(spares: int) -> None:
+    with Sandbox(LIMITS, registry(), spares=spares) as box:
+        seen = []
+        for _ in range(6):
+            outcome = box.execute(request("fault-whoami"))
+            assert isinstance(outcome, ExecutionResult), outcome
+            seen.append(outcome.metadata)
+    pids = [meta["pid"] for meta in seen]
+    assert len(set(pids)) == len(pids)
+    assert os.getpid() not in pids
+    # Each process ran exactly one job, and all were forked by the one forkserver.
+    assert {meta["jobs_run"] for meta in seen} == {1}
+    assert len({meta["ppid"] for meta in seen}) == 1
+    # Each answered and exited; close() collected every one of them, spares included.
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+
+
+def test_concurrent_jobs_never_share_a_process() -> None:
+    seen: list[ExecutionResult | ExecutionFailure] = []
+    lock = threading.Lock()
+    with Sandbox(LIMITS, registry(), spares=2) as box:
+
+        def run() -> None:
+            for _ in range(3):
+                outcome = box.execute(request("fault-whoami"))
+                with lock:
+                    seen.append(outcome)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    results = [outcome for outcome in seen if isinstance(outcome, ExecutionResult)]
+    assert len(results) == 12, seen
+    assert len({r.metadata["pid"] for r in results}) == 12
+    assert {r.metadata["jobs_run"] for r in results} == {1}
+
+
+def test_a_spare_is_hardened_like_any_child() -> None:
+    traces: list[SandboxTrace] = []
+    with traced_sandbox(traces) as box:
+        outcome = warm_spare_job(box, traces, request("fault-probe"))
+    seen = outcome.metadata
+    assert set(json.loads(str(seen["environ"]))) <= {
+        "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS", "RAYON_NUM_THREADS", "QISKIT_PARALLEL", "QISKIT_SETTINGS",
+        "RUST_BACKTRACE", "MIMALLOC_ARENA_RESERVE",
+    }  # fmt: skip
+    assert len(str(seen["fds"]).split(",")) <= 5
+    assert seen["cwd"] == "/"
+    assert seen["core"] == 0
+    assert seen["cpu"] == LIMITS.cpu_seconds
+    assert 0 < int(seen["address_space"]) < 2 * 1024 * MIB
+
+
+def test_the_preloaded_simulator_is_untouched_when_a_job_starts() -> None:
+    # The forkserver built one simulator per method; a spare ran Aer's warm-up
+    # on it (shots 2, seed 0, memory) as run options, which must not stick.
+    traces: list[SandboxTrace] = []
+    with traced_sandbox(traces) as box:
+        outcome = warm_spare_job(box, traces, request("aer-probe"))
+    seen = outcome.metadata
+    assert seen["jobs_run"] == 1
+    assert seen["preloaded"] == "automatic,stabilizer,statevector"
+    # Every option (seed, shots, memory, budget, threads...) as a new simulator has it.
+    assert seen["options"] == _options(AerSimulator(method="statevector"))
+
+
+def test_warm_spares_and_cold_processes_give_identical_results() -> None:
+    job = request("aer-statevector", shots=300, seed=4321, memory=True)
+    with Sandbox(LIMITS, registry(), spares=0) as cold:
+        expected = cold.execute(job)
+    assert isinstance(expected, ExecutionResult), expected
+    traces: list[SandboxTrace] = []
+    with traced_sandbox(traces) as box:
+        warm = warm_spare_job(box, traces, job)
+    assert warm.memory == expected.memory
+    assert warm.counts == expected.counts
+    assert warm.seed == expected.seed == 4321
+
+
+def test_the_wall_clock_starts_with_the_job_not_the_spare() -> None:
+    limits = SandboxLimits(cpu_seconds=5, memory_bytes=256 * MIB, wall_seconds=1.0)
+    traces: list[SandboxTrace] = []
+    with traced_sandbox(traces, limits) as box:
+        still_works(box)
+        time.sleep(1.5)  # the spare waits longer than a job may run
+        outcome = box.execute(request("aer-statevector", shots=10))
+        assert isinstance(outcome, ExecutionResult), outcome
+        assert traces[-1].spare
+
+
+def test_the_trace_has_both_sides_and_the_result_has_none_of_it() -> None:
+    traces: list[SandboxTrace] = []
+    with traced_sandbox(traces) as box:
+        job = request("aer-statevector", shots=10)
+        outcome = box.execute(job)
+    assert isinstance(outcome, ExecutionResult), outcome
+    (trace,) = traces
+    assert trace.job_id == job.job_id
+    assert trace.backend == "aer-statevector"
+    assert not trace.spare
+    names = [name for name, _ in trace.checkpoints]
+    for name in ("execute", "process_ready", "request_sent", "child_started", "hardened",
+                 "request_read", "request_decoded", "circuit_loaded", "simulated", "executed",
+                 "answer_encoded", "answer_read", "decoded"):  # fmt: skip
+        assert name in names
+    stamps = [stamp for _, stamp in trace.checkpoints]
+    assert stamps == sorted(stamps)
+    assert names.index("request_read") < names.index("simulated") < names.index("answer_read")
+    assert set(outcome.metadata) <= {
+        "configured_method", "time_taken", "required_memory_mb", "measure_sampling",
+        "parallel_shots", "num_qubits",
+    }  # fmt: skip
+
+
+def test_a_malformed_trace_is_ignored_not_fatal() -> None:
+    reply = encode_failure(FailureCode.EXECUTION_ERROR, "no")
+    traced = reply[:-1] + b',"trace":[["x",1],["y","not a number"]]}'
+    outcome, checkpoints = decode_reply(traced)
+    assert isinstance(outcome, ExecutionFailure)
+    assert checkpoints is None
+    good = reply[:-1] + b',"trace":[["x",1],["y",2]]}'
+    assert decode_reply(good)[1] == (("x", 1), ("y", 2))
+
+
+@pytest.mark.parametrize("spares", [-1, 17, True, 1.5])
+def test_spares_must_be_a_small_count(spares: object) -> None:
+    with pytest.raises(ConfigurationError):
+        Sandbox(LIMITS, registry(), start=False, spares=spares)  # type: ignore[arg-type]
+
+
+def test_close_stops_the_spares() -> None:
+    box = Sandbox(LIMITS, registry(), spares=2)
+    still_works(box)
+    deadline = time.monotonic() + 30
+    while sum(len(children) for children in box._idle.values()) < 2:
+        assert time.monotonic() < deadline, "the spares never started"
+        time.sleep(0.05)
+    pids = [child.process.pid for children in box._idle.values() for child in children]
+    box.close()
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -7,6 +7,13 @@ be picklable (the sandbox sends the backend object to the child when it starts
 it; the job's data travels separately, as JSON) and must not rely on state
 created in the parent after start-up (database handles, keys, tokens).
 
+A backend may also define ``warm_up(idle: Callable[[], bool]) -> None``: the
+sandbox calls it in a process started before its job is known (a spare),
+after hardening and before any request is read, so that the job does not pay
+for first-use costs. It must work only on constants of the server (never on
+anything a job or tenant sent), leave nothing a job could observe but warmer
+caches, and return as soon as ``idle()`` is false (a job is waiting).
+
 An :class:`Executor` is what the control plane calls: it takes one job's
 :class:`~qustody.domain.models.ExecutionRequest`, runs it on a backend in
 isolation and returns an outcome; it never raises for a job's own failure.

@@ -30,14 +30,16 @@ Starting a process (the forkserver round trip, the fork, multiprocessing's
 bootstrap, hardening) and its first steps in Qiskit (a freshly forked process
 copies every page it writes, several milliseconds for the first circuit load
 and simulation) do not depend on the job. So once a backend has run a job, the
-sandbox keeps ``spares`` processes for it (one by default) already started,
+sandbox keeps ``spares`` processes for it (two by default) already started,
 hardened and warmed up: the backend's ``warm_up()`` loads and runs fixed
-programs, constants of the server, before the process has read any request.
-A job takes a spare (or starts a process when there is none), and a
-replacement starts in the background. A spare is a fresh process that has
-seen no job: each job still runs alone in a process of its own, which exits
-after answering. The job returns as soon as its answer is read; the process's
-exit status is collected in the background too (:class:`_Housekeeper`).
+programs, constants of the server, before the process has read any request,
+and stops as soon as a request is waiting. A job takes the oldest spare (or starts a process when
+there is none); once it has its answer, a replacement starts in the
+background, so that it never competes with the job for the CPU. A spare is a
+fresh process that has seen no job: each job still runs alone in a process of
+its own, which exits after answering. The job returns as soon as its answer is
+read; the process's exit status is collected in the background too
+(:class:`_Housekeeper`).
 
 The environment, and when the forkserver starts
 -----------------------------------------------
@@ -45,8 +47,9 @@ The environment, and when the forkserver starts
 *at that moment*, and every child is a copy of the forkserver. Two defences:
 the forkserver's first preloaded module (``qustody.executors._child``) replaces
 the forkserver's environment with the minimal one and zeroes the original
-strings in memory before Qiskit is imported, and every child does the same
-again. Create the :class:`Sandbox` (or call :func:`acquire_forkserver`) early,
+strings in memory before Qiskit is imported, and every child resets its
+environment again (wiping the strings too, unless it was forked from a
+forkserver that did). Create the :class:`Sandbox` (or call :func:`acquire_forkserver`) early,
 at process start, so the forkserver also never sees state the parent builds
 later (opened key files, decrypted secrets: a fork copies memory, and the
 forkserver is forked from nothing but the interpreter, which is the point).
@@ -125,6 +128,12 @@ _POLL_SECONDS = 0.02
 _EXIT_GRACE_SECONDS = 2.0
 #: How long ``Sandbox.close`` waits for retired processes to be collected.
 _CLOSE_TIMEOUT_SECONDS = 10.0
+#: How long a job waits for a spare that is being started before starting a
+#: process of its own (starting one takes a few milliseconds either way; a
+#: second process would only compete with the first for the CPU).
+_SPARE_WAIT_SECONDS = 0.25
+#: While processes are exiting, how often the housekeeper looks for new work.
+_HOUSEKEEPER_TICK_SECONDS = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,11 +385,13 @@ class SandboxTrace:
     clock for all processes on Linux). The parent's: ``execute`` (the call),
     ``process_ready`` (a process holds the job: a spare taken, or a new one
     started), ``request_sent``, ``answer_read``, ``decoded``. The child's:
-    ``child_started``, ``hardened``, ``warmed_up`` (spares only),
-    ``request_read``, ``request_decoded``, the backend's own (Aer:
-    ``circuit_loaded``, ``simulated``), ``executed``, ``answer_encoded``.
-    With ``spare`` the child's first checkpoints precede ``execute``: that
-    work was done before the job arrived. Never part of a job's result.
+    ``child_started``, ``hardened``, ``warmed_up`` (spares only; Aer's
+    warm-up adds ``warmed_up_qasm2``, ``warmed_up_simulator``,
+    ``warmed_up_qasm3`` as far as it got), ``request_read``,
+    ``request_decoded``, the backend's own (Aer: ``circuit_loaded``,
+    ``simulated``), ``executed``, ``answer_encoded``. With ``spare`` the
+    child's first checkpoints precede ``execute``: that work was done before
+    the job arrived. Never part of a job's result.
     """
 
     job_id: str
@@ -427,7 +438,7 @@ class Sandbox:
         registry: BackendRegistry | None = None,
         *,
         start: bool = True,
-        spares: int = 1,
+        spares: int = 2,
         trace: Callable[[SandboxTrace], None] | None = None,
     ) -> None:
         if isinstance(spares, bool) or not isinstance(spares, int) or not 0 <= spares <= 16:
@@ -437,6 +448,8 @@ class Sandbox:
         self.spares = spares
         self._trace = trace
         self._lock = threading.Lock()
+        #: Notified when a spare was added (or failed to start), and on close.
+        self._spare_added = threading.Condition(self._lock)
         self._live: set[BaseProcess] = set()
         #: Spares by backend name, oldest first, and how many are being started.
         self._idle: dict[str, list[_Child]] = {}
@@ -467,6 +480,7 @@ class Sandbox:
             self._idle.clear()
             context, self._context = self._context, None
             housekeeper = self._housekeeper
+            self._spare_added.notify_all()
         for process in live:
             _kill(process)
         for child in idle:
@@ -523,10 +537,10 @@ class Sandbox:
             with self._lock:
                 self._live.discard(process)
             child.close_channels()
-            self._retire(process)
-            # Only now: a replacement started while the job runs would compete
-            # with it for the CPU.
-            self._want_spares(request.backend, backend)
+            # Only now: a replacement started while the job ran would have
+            # competed with it for the CPU. One wake-up for both chores: each
+            # is a point where the housekeeper could take the GIL.
+            self._retire(process, spares_for=(request.backend, backend))
         if stamps is not None:
             self._report(request, spare, stamps, child_stamps)
         return outcome
@@ -556,9 +570,20 @@ class Sandbox:
         return _Child(process, parent_end, diagnostics, backend)
 
     def _take_spare(self, name: str, backend: Backend) -> _Child | None:
-        """The oldest live spare started for this backend, if any."""
+        """The oldest live spare started for this backend, if any (waiting a
+        little for one that is being started)."""
+        deadline = time.monotonic() + _SPARE_WAIT_SECONDS
         while True:
             with self._lock:
+                while (
+                    not self._idle.get(name)
+                    and self._starting.get(name, 0) > 0
+                    and not self._closing.is_set()
+                ):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._spare_added.wait(remaining)
                 idle = self._idle.get(name)
                 if not idle:
                     return None
@@ -569,19 +594,16 @@ class Sandbox:
                 return child
             self._discard(child)
 
-    def _want_spares(self, name: str, backend: Backend) -> None:
-        """Have the housekeeper start spares up to ``self.spares`` for this backend."""
-        if self.spares == 0:
-            return
-        with self._lock:
-            housekeeper = self._housekeeper
-            if self._closing.is_set() or housekeeper is None:
-                return
-            missing = self.spares - len(self._idle.get(name, ())) - self._starting.get(name, 0)
-            if missing <= 0:
-                return
-            self._starting[name] = self._starting.get(name, 0) + missing
-        housekeeper.start_spares(name, backend, missing)
+    def _missing_spares(self, name: str) -> int:
+        """How many spares to start for this backend now; counted as starting.
+        Call with ``self._lock`` held."""
+        if self.spares == 0 or self._closing.is_set() or self._housekeeper is None:
+            return 0
+        missing = self.spares - len(self._idle.get(name, ())) - self._starting.get(name, 0)
+        if missing <= 0:
+            return 0
+        self._starting[name] = self._starting.get(name, 0) + missing
+        return missing
 
     def _start_spare(self, name: str, backend: Backend) -> None:
         """Called by the housekeeper."""
@@ -596,18 +618,39 @@ class Sandbox:
             if keep:
                 assert child is not None
                 self._idle.setdefault(name, []).append(child)
+            self._spare_added.notify_all()
         if child is not None and not keep:
             self._discard(child)
+
+    def _housekeeper_exited(self, housekeeper: _Housekeeper) -> None:
+        """Called by the housekeeper's thread as it ends: no spare is coming."""
+        with self._lock:
+            if self._housekeeper is housekeeper:
+                self._housekeeper = None
+            self._starting.clear()
+            self._spare_added.notify_all()
 
     def _discard(self, child: _Child) -> None:
         _kill(child.process)
         child.close_channels()
         self._retire(child.process)
 
-    def _retire(self, process: BaseProcess) -> None:
-        """Collect the process's exit status, in the background when possible."""
-        housekeeper = self._housekeeper
-        if housekeeper is None or not housekeeper.retire(process):
+    def _retire(
+        self, process: BaseProcess, *, spares_for: tuple[str, Backend] | None = None
+    ) -> None:
+        """Collect the process's exit status, in the background when possible;
+        with ``spares_for``, also start that backend's missing spares."""
+        spawns: list[tuple[str, Backend]] = []
+        with self._lock:
+            housekeeper = self._housekeeper
+            if spares_for is not None:
+                spawns = [spares_for] * self._missing_spares(spares_for[0])
+        if housekeeper is None or not housekeeper.submit(process, spawns):
+            if spawns:
+                name = spawns[0][0]
+                with self._lock:
+                    self._starting[name] = max(0, self._starting.get(name, 0) - len(spawns))
+                    self._spare_added.notify_all()
             _reap(process)
 
     def _report(
@@ -635,55 +678,47 @@ class _Housekeeper:
     forkserver reports it over the process's sentinel) is collected here. A
     process that has not exited ``_EXIT_GRACE_SECONDS`` after it was retired
     is killed.
+
+    Work is handed over with a condition variable, not a pipe: notifying does
+    not release the GIL, so the returning job's thread keeps it instead of
+    waiting for this thread's burst of work. While processes are exiting,
+    this thread waits on their sentinels, looking for new work at least every
+    ``_HOUSEKEEPER_TICK_SECONDS``.
     """
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._spawns: list[tuple[str, Backend]] = []
         #: Retired processes: when to kill them (or give up), and whether killed.
         self._dying: dict[BaseProcess, tuple[float, bool]] = {}
         self._stopping = False
         self._exited = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._thread = threading.Thread(
             target=self._run, name="qustody-sandbox-housekeeper", daemon=True
         )
         self._thread.start()
 
-    def start_spares(self, name: str, backend: Backend, count: int) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._spawns.extend([(name, backend)] * count)
-        self._wake()
-
-    def retire(self, process: BaseProcess) -> bool:
-        """Collect ``process`` in the background; False once this thread is gone."""
-        with self._lock:
-            if self._exited:
+    def submit(self, process: BaseProcess, spawns: list[tuple[str, Backend]]) -> bool:
+        """Collect ``process`` and start ``spawns`` in the background; False
+        (and nothing done) once this thread is gone or stopping."""
+        with self._cond:
+            if self._exited or (spawns and self._stopping):
                 return False
             self._dying[process] = (time.monotonic() + _EXIT_GRACE_SECONDS, False)
-        self._wake()
+            self._spawns.extend(spawns)
+            self._cond.notify()
         return True
 
     def stop(self, timeout: float) -> None:
         """Start no more spares; return once every retired process is collected."""
-        with self._lock:
+        with self._cond:
             self._stopping = True
             self._spawns.clear()
-        self._wake()
+            self._cond.notify()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("sandbox processes were still exiting when the sandbox closed")
-            return
-        _close_fds(self._wake_r, self._wake_w)
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
 
     def _run(self) -> None:
         try:
@@ -692,9 +727,10 @@ class _Housekeeper:
         except Exception:
             log.exception("the sandbox housekeeper failed; processes are now collected inline")
         finally:
-            with self._lock:
+            with self._cond:
                 self._exited = True
                 dying, self._dying = list(self._dying), {}
+            self._sandbox._housekeeper_exited(self)
             for process in dying:
                 with contextlib.suppress(Exception):
                     _reap(process)
@@ -702,40 +738,38 @@ class _Housekeeper:
     def _step(self) -> bool:
         """Start the spares asked for, collect or kill retired processes, wait;
         False once stopping and nothing is left to collect."""
-        with self._lock:
+        with self._cond:
+            while not (self._spawns or self._dying or self._stopping):
+                self._cond.wait()
             spawns, self._spawns = self._spawns, []
         for name, backend in spawns:
             self._sandbox._start_spare(name, backend)
         now = time.monotonic()
-        with self._lock:
+        with self._cond:
             if self._stopping and not self._dying and not self._spawns:
                 return False
             dying = list(self._dying.items())
         waiting: dict[int, BaseProcess] = {}
-        deadline: float | None = None
+        deadline = now + _HOUSEKEEPER_TICK_SECONDS
         for process, (due, killed) in dying:
             if due <= now:
                 if killed:  # no status 5 s after SIGKILL: leave it to multiprocessing
                     log.warning("sandbox process %s did not report its exit", process.pid)
-                    with self._lock:
+                    with self._cond:
                         del self._dying[process]
                     continue
                 _kill(process)
                 due = now + 5.0
-                with self._lock:
+                with self._cond:
                     self._dying[process] = (due, True)
             waiting[process.sentinel] = process
-            deadline = due if deadline is None else min(deadline, due)
-        timeout = None if deadline is None else max(0.0, deadline - now)
-        ready = multiprocessing.connection.wait([self._wake_r, *waiting], timeout)
-        for fd in ready:
-            if fd == self._wake_r:
-                with contextlib.suppress(OSError):
-                    os.read(self._wake_r, 4096)
-                continue
+            deadline = min(deadline, due)
+        if not waiting:
+            return True
+        for fd in multiprocessing.connection.wait(list(waiting), max(0.0, deadline - now)):
             process = waiting[cast(int, fd)]
             _reap(process)
-            with self._lock:
+            with self._cond:
                 self._dying.pop(process, None)
         return True
 
