@@ -65,6 +65,22 @@ class Settings:
     def resolved_master_key_file(self) -> Path:
         return self.master_key_file or self.data_dir / "master.key"
 
+    def environment(self) -> dict[str, str]:
+        """These settings as ``QUSTODY_*`` variables, for a child process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "sandbox":
+                for key, attr in _SANDBOX_KEYS.items():
+                    env[_ENV_PREFIX + key] = str(getattr(value, attr))
+            elif value is None or value == "":
+                continue
+            elif isinstance(value, bool):
+                env[_ENV_PREFIX + f.name.upper()] = "true" if value else "false"
+            else:
+                env[_ENV_PREFIX + f.name.upper()] = str(value)
+        return env
+
     def check(self) -> None:
         """Refuse settings that are unsafe for the mode."""
         if self.token_max_ttl_seconds > 900 or self.token_max_ttl_seconds < 30:

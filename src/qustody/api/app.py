@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,6 +147,38 @@ class RequestId:
         await self.app(scope, receive, send_with_headers)
 
 
+class WorkerProcess:
+    """The embedded worker: ``qustody worker`` as a child of the API process.
+
+    A process of its own, so executing jobs (claiming, decrypting, the
+    sandbox's process management) never holds the API's interpreter lock. It
+    is told to exit when its parent dies (Linux ``PR_SET_PDEATHSIG``), and a
+    worker that stops gives its running jobs back to the queue.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
+        self._env.update(settings.environment())
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "qustody.cli", "worker", "--exit-with-parent"],
+            env=self._env,
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
 class BodyLimit:
     """Refuse request bodies over ``limit`` bytes before the app reads them."""
 
@@ -205,23 +240,21 @@ async def _too_large(send: Send, limit: int) -> None:
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
-    """The HTTP API. With ``settings.embedded_worker`` a worker runs in-process."""
+    """The HTTP API. With ``settings.embedded_worker`` it also runs a worker process."""
     rt = runtime or build_runtime(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = sandbox = None
         # Start the circuit parsers now, not on the first submission.
         default_parser_pool().start()
-        if settings.embedded_worker:
-            worker, sandbox = rt.make_worker()
+        worker = WorkerProcess(settings) if settings.embedded_worker else None
+        if worker is not None:
             worker.start()
         try:
             yield
         finally:
-            if worker is not None and sandbox is not None:
+            if worker is not None:
                 worker.stop()
-                sandbox.close()
             if runtime is None:
                 rt.close()
 

@@ -9,6 +9,9 @@ the ``code``, never a stack trace, and the exit status is non-zero.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import signal
 import sys
 import threading
@@ -119,21 +122,46 @@ def _redact_url(settings: Any) -> str:
 @cli.command()
 @click.option("--slots", type=int, default=None, help="Jobs run at once (default: CPUs, max 4).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-def worker(slots: int | None, data_dir: Path | None) -> None:
+@click.option(
+    "--exit-with-parent",
+    is_flag=True,
+    hidden=True,
+    help="Stop when the process that started this one dies (used by serve).",
+)
+def worker(slots: int | None, data_dir: Path | None, exit_with_parent: bool) -> None:
     """Run a standalone worker that claims and executes queued jobs."""
     from qustody.api.app import build_runtime
 
-    runtime = build_runtime(_settings(data_dir=data_dir), listen=True)
-    w, sandbox = runtime.make_worker(slots=slots)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if exit_with_parent:
+        _exit_with_parent(stop)
+    runtime = build_runtime(_settings(data_dir=data_dir), listen=True)
+    w, sandbox = runtime.make_worker(slots=slots)
     w.start()
     click.echo(f"{w.id} running {w.slots} slot(s); Ctrl-C to stop", err=True)
     stop.wait()
     w.stop()
     sandbox.close()
     runtime.close()
+
+
+def _exit_with_parent(stop: threading.Event) -> None:
+    """SIGTERM this process when its parent dies; a watcher thread as a fallback."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the signal was armed
+        stop.set()
 
 
 @cli.group()
