@@ -128,3 +128,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- circuits the tests share ------------------------------------------------------------
+
+
+def ghz_qasm2(n: int) -> str:
+    """An n-qubit GHZ state, measured, in OpenQASM 2."""
+    chain = "".join(f"cx q[{i}], q[{i + 1}];\n" for i in range(n - 1))
+    return (
+        f'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[{n}];\ncreg c[{n}];\n'
+        f"h q[0];\n{chain}measure q -> c;\n"
+    )
+
+
+def ghz_qasm3(n: int) -> str:
+    """The same GHZ state in OpenQASM 3."""
+    chain = "".join(f"cx q[{i}], q[{i + 1}];\n" for i in range(n - 1))
+    return (
+        f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[{n}] q;\nbit[{n}] c;\n'
+        f"h q[0];\n{chain}c = measure q;\n"
+    )
+
+
+def slow_qasm2(qubits: int, layers: int) -> str:
+    """A deep statevector circuit that keeps a sandbox busy for a few seconds."""
+    body = "".join(
+        f"h q[{i % qubits}];\ncx q[{i % qubits}], q[{(i + 1) % qubits}];\n" for i in range(layers)
+    )
+    return (
+        f'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[{qubits}];\ncreg c[{qubits}];\n'
+        f"{body}measure q -> c;\n"
+    )

@@ -20,30 +20,11 @@ from qustody.executors.aer import (
 from qustody.executors.errors import UnknownBackend
 from qustody.executors.registry import BackendRegistry, default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
+from support import ghz_qasm2, ghz_qasm3
 
-GHZ2 = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[5];
-creg c[5];
-h q[0];
-cx q[0],q[1];
-cx q[1],q[2];
-cx q[2],q[3];
-cx q[3],q[4];
-measure q -> c;
-"""
+GHZ2 = ghz_qasm2(5)
 
-GHZ3 = """OPENQASM 3.0;
-include "stdgates.inc";
-qubit[5] q;
-bit[5] c;
-h q[0];
-cx q[0], q[1];
-cx q[1], q[2];
-cx q[2], q[3];
-cx q[3], q[4];
-c = measure q;
-"""
+GHZ3 = ghz_qasm3(5)
 
 
 @pytest.fixture(scope="module")

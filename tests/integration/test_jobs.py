@@ -12,17 +12,9 @@ from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.jobs.service import SubmitRequest
 from qustody.jobs.worker import Worker
 from qustody.storage import models as m
-from support import Tenancy, ctx
+from support import Tenancy, ctx, ghz_qasm2, slow_qasm2
 
-GHZ3 = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[3];
-creg c[3];
-h q[0];
-cx q[0], q[1];
-cx q[1], q[2];
-measure q -> c;
-"""
+GHZ3 = ghz_qasm2(3)
 
 
 def submit(tenancy: Tenancy, qasm: str = GHZ3, **kw: object) -> str:
@@ -175,11 +167,7 @@ def test_a_failed_execution_fails_the_job_not_the_worker(tenancy: Tenancy) -> No
     worker = Worker(
         runtime.services.db, runtime.envelope, sandbox, runtime.notifier, lease_seconds=30
     )
-    slow = (
-        'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[22];\ncreg c[22];\n'
-        + "".join(f"h q[{i % 22}];\ncx q[{i % 22}], q[{(i + 1) % 22}];\n" for i in range(1500))
-        + "measure q -> c;\n"
-    )
+    slow = slow_qasm2(22, 1500)
     try:
         failing = submit(tenancy, slow, shots=16)
         fine = submit(tenancy, GHZ3, shots=16)

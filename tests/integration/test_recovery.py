@@ -13,17 +13,13 @@ from sqlalchemy import select
 
 from qustody.jobs.service import SubmitRequest
 from qustody.storage import models as m
-from support import Tenancy, ctx
+from support import Tenancy, ctx, ghz_qasm2, slow_qasm2
 
 # A circuit that keeps the sandbox busy for a few seconds (deep statevector work).
-SLOW = (
-    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[20];\ncreg c[20];\n'
-    + "".join(f"h q[{i % 20}];\ncx q[{i % 20}], q[{(i + 1) % 20}];\n" for i in range(600))
-    + "measure q -> c;\n"
-)
+SLOW = slow_qasm2(20, 600)
 
 
-BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\nmeasure q -> c;\n'
+BELL = ghz_qasm2(2)
 
 
 def _worker_process(

@@ -9,18 +9,11 @@ from sqlalchemy import select
 
 from qustody.jobs.service import SubmitRequest
 from qustody.storage import models as m
-from support import Tenancy, ctx
+from support import Tenancy, ctx, ghz_qasm2, slow_qasm2
 
-GHZ2 = (
-    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\n'
-    "h q[0];\ncx q[0], q[1];\nmeasure q -> c;\n"
-)
+GHZ2 = ghz_qasm2(2)
 # Busy for long enough to be cancelled while running.
-SLOW = (
-    'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[22];\ncreg c[22];\n'
-    + "".join(f"h q[{i % 22}];\ncx q[{i % 22}], q[{(i + 1) % 22}];\n" for i in range(1500))
-    + "measure q -> c;\n"
-)
+SLOW = slow_qasm2(22, 1500)
 
 
 def _submit(tenancy: Tenancy, qasm: str = GHZ2) -> str:
