@@ -66,3 +66,20 @@ def test_settings_parse_and_refuse_bad_values() -> None:
         load_settings({"QUSTODY_WORKER_SLOTS": "many"})
     with pytest.raises(ConfigurationError, match="900"):
         load_settings({"QUSTODY_TOKEN_MAX_TTL_SECONDS": "86400"})
+
+
+def test_the_embedded_worker_gets_the_apps_settings_and_the_master_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qustody.api.app import WorkerProcess
+
+    monkeypatch.setenv("QUSTODY_MASTER_KEY", "from-the-environment")
+    monkeypatch.setenv("QUSTODY_LEASE_SECONDS", "99")
+    settings = load_settings({}, data_dir=tmp_path, lease_seconds=7.0, worker_slots=2)
+    env = WorkerProcess(settings)._env
+    assert env["QUSTODY_MASTER_KEY"] == "from-the-environment"
+    assert env["QUSTODY_LEASE_SECONDS"] == "7.0"  # the app's settings win
+    assert env["QUSTODY_DATA_DIR"] == str(tmp_path)
+    child = load_settings({k: v for k, v in env.items() if k.startswith("QUSTODY_")})
+    assert (child.lease_seconds, child.worker_slots, child.data_dir) == (7.0, 2, tmp_path)
+    assert child.sandbox == settings.sandbox

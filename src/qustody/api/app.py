@@ -157,8 +157,9 @@ class WorkerProcess:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
-        self._env.update(settings.environment())
+        # The parent's environment (QUSTODY_MASTER_KEY, if the keyring's master
+        # key comes from there), with the settings this app was built with on top.
+        self._env = {**os.environ, **settings.environment()}
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -42,6 +42,14 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.1
+
+
+class _FromJson(Protocol):
+    @classmethod
+    def from_json(cls, data: object) -> Self: ...
+
+
+_Listed = TypeVar("_Listed", bound=_FromJson)
 #: Seconds the gateway may hold a waiting request (its limit is 30).
 MAX_SERVER_WAIT = 20.0
 
@@ -171,6 +179,16 @@ class Client:
             ) from None
         return document
 
+    def _list(
+        self, model: type[_Listed], path: str, params: dict[str, str | int] | None = None
+    ) -> list[_Listed]:
+        """The ``items`` of a ``GET`` listing, each parsed as ``model``."""
+        what = f"{path.strip('/')} list"
+        return [
+            model.from_json(item.raw_object())
+            for item in items_of(self._json("GET", path, params=params), what)
+        ]
+
     # --------------------------------------------------------------------- jobs
 
     def submit(
@@ -293,10 +311,7 @@ class Client:
     # ----------------------------------------------------------------- backends
 
     def backends(self) -> list[Backend]:
-        return [
-            Backend.from_json(item.raw_object())
-            for item in items_of(self._json("GET", "/backends"), "backend list")
-        ]
+        return self._list(Backend, "/backends")
 
     def backend(self, name: str) -> Backend:
         return Backend.from_json(self._json("GET", f"/backends/{_segment(name)}"))
@@ -309,10 +324,7 @@ class Client:
         return TenantCreated.from_json(self._json("POST", "/tenants", json=body))
 
     def tenants(self) -> list[Tenant]:
-        return [
-            Tenant.from_json(item.raw_object())
-            for item in items_of(self._json("GET", "/tenants"), "tenant list")
-        ]
+        return self._list(Tenant, "/tenants")
 
     def tenant(self, tenant_id: str) -> Tenant:
         return Tenant.from_json(self._json("GET", f"/tenants/{_segment(tenant_id)}"))
@@ -322,10 +334,7 @@ class Client:
         return Project.from_json(self._json("POST", "/projects", json=body))
 
     def projects(self) -> list[Project]:
-        return [
-            Project.from_json(item.raw_object())
-            for item in items_of(self._json("GET", "/projects"), "project list")
-        ]
+        return self._list(Project, "/projects")
 
     def project(self, project_id: str) -> Project:
         return Project.from_json(self._json("GET", f"/projects/{_segment(project_id)}"))
@@ -338,10 +347,7 @@ class Client:
 
     def members(self, project: str | None = None) -> list[Member]:
         params: dict[str, str | int] = {} if project is None else {"project": project}
-        return [
-            Member.from_json(item.raw_object())
-            for item in items_of(self._json("GET", "/members", params=params), "member list")
-        ]
+        return self._list(Member, "/members", params)
 
     # ------------------------------------------------------------------- tokens
 
