@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from qustody.audit.recorder import Actor, Outcome, Target, event_row, record, record_rows
 from qustody.crypto.envelope import Envelope, SealedBlob
 from qustody.domain.errors import InvalidRequest, QustodyError
-from qustody.domain.ids import JobId, ProjectId, TenantId, looks_like_id, new_job_id
+from qustody.domain.ids import ProjectId, TenantId, looks_like_id, new_job_id
 from qustody.domain.models import (
     BackendInfo,
     CircuitInfo,
@@ -553,6 +553,3 @@ class JobService:
             clbit_registers=[(str(n), int(s)) for n, s in data["clbit_registers"]],
             metadata=dict(data["metadata"]),
         )
-
-
-__all__ = ["JobId", "JobService", "SubmitRequest"]
