@@ -4,9 +4,11 @@
   validation, encryption, audit, queue, sandbox, Aer, result fetched back)
   against the same circuit on a warm ``AerSimulator`` in this process,
   interleaved, for GHZ-5 and GHZ-12 with 1024 shots.
-- ``throughput``: jobs accepted per second with 8 concurrent clients (no
-  worker running, so execution does not compete), SQLite and PostgreSQL, with
-  the p99 submit latency; then the execution rate of the worker pool for
+- ``throughput``: jobs accepted per second with 8 concurrent keep-alive
+  clients (no worker running, so execution does not compete), SQLite with one
+  API process and with one per core, PostgreSQL with one per core, with the
+  p99 submit latency (the load comes from :mod:`benchmarks.load`, which costs
+  the gateway's two cores little); then the execution rate of the worker pool for
   GHZ-5 jobs, against the rate of the simulator alone.
 """
 
@@ -31,6 +33,7 @@ from qiskit import QuantumCircuit, qasm2
 from qiskit_aer import AerSimulator
 
 from benchmarks.harness import Config, Measurement, latency, rate, ratio
+from benchmarks.load import build_post, hammer
 from qustody.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +77,11 @@ def postgres_database(server: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_gateway(
-    workdir: Path, *, database_url: str | None = None, embedded: bool = True
+    workdir: Path,
+    *,
+    database_url: str | None = None,
+    embedded: bool = True,
+    api_processes: int = 1,
 ) -> Iterator[Gateway]:
     """``qustody serve --demo`` on a free port; yields its URL and a developer token."""
     data = workdir / f"gw-{secrets.token_hex(3)}"
@@ -86,6 +93,8 @@ def running_gateway(
     argv = [sys.executable, "-m", "qustody.cli", "serve", "--demo", "--port", str(port)]
     if not embedded:
         argv.append("--no-embedded")
+    if api_processes != 1:
+        argv += ["--api-processes", str(api_processes)]
     drain: threading.Thread | None = None
     process = subprocess.Popen(  # noqa: S603
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
@@ -169,53 +178,21 @@ def bench_e2e(config: Config) -> list[Measurement]:
     return rows
 
 
-def _hammer(
-    url: str, token: str, body: dict[str, object], clients: int, seconds: float
-) -> tuple[int, list[float], int]:
-    accepted = 0
-    refused = 0
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def client_loop() -> None:
-        nonlocal accepted, refused
-        mine: list[float] = []
-        ok = bad = 0
-        with httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-        ) as http:
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                response = http.post("/v1/jobs", json=body)
-                mine.append((time.perf_counter() - t0) * 1000)
-                if response.status_code == 202:
-                    ok += 1
-                else:
-                    bad += 1
-        with lock:
-            accepted += ok
-            refused += bad
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return accepted, latencies, refused
-
-
-def _database_cases(config: Config) -> Iterator[tuple[str, str | None]]:
-    yield "SQLite", None
+def _database_cases(config: Config) -> Iterator[tuple[str, str | None, int]]:
+    """(name, database URL, API processes): SQLite with one API process and
+    with one per core; PostgreSQL with one per core."""
+    cores = max(1, os.cpu_count() or 1)
+    yield "SQLite", None, 1
+    if cores > 1:
+        yield "SQLite", None, cores
     if config.postgres:
         with postgres_database(config.postgres) as url:
-            yield "PostgreSQL", url
+            yield "PostgreSQL", url, cores
 
 
 def bench_throughput(config: Config) -> list[Measurement]:
     seconds = 30.0 if not config.smoke else 1.0
-    clients = 8
+    clients = 8 if not config.smoke else 2
     body = {
         "project": "research",
         "backend": "aer-statevector",
@@ -223,28 +200,35 @@ def bench_throughput(config: Config) -> list[Measurement]:
         "qasm": qasm2.dumps(ghz(5)),
     }
     rows: list[Measurement] = []
-    for name, url in _database_cases(config):
-        with running_gateway(config.workdir, database_url=url, embedded=False) as gateway:
-            _hammer(gateway.url, gateway.token, body, clients, min(2.0, seconds))  # warm
+    for name, url, processes in _database_cases(config):
+        with running_gateway(
+            config.workdir, database_url=url, embedded=False, api_processes=processes
+        ) as gateway:
+            request = build_post(gateway.url, "/v1/jobs", gateway.token, body)
+            hammer(gateway.url, request, clients=clients, seconds=min(2.0, seconds))  # warm
             started = time.perf_counter()
-            accepted, latencies, refused = _hammer(
-                gateway.url, gateway.token, body, clients, seconds
-            )
+            load = hammer(gateway.url, request, clients=clients, seconds=seconds)
             elapsed = time.perf_counter() - started
-        case = f"{name}, {clients} clients, {seconds:g} s, GHZ-5"
+        plural = "es" if processes > 1 else ""
+        case = f"{name}, {processes} API process{plural}, {clients} clients, {seconds:g} s, GHZ-5"
         rows.append(
             rate(
                 "submit",
                 case,
-                accepted,
+                load.ok,
                 elapsed,
                 "jobs/s",
                 at_least=1000 if name == "SQLite" else None,
             )
         )
-        rows += [r for r in latency("submit latency", case, latencies) if r.metric == "p99"]
-        if refused:
-            rows.append(Measurement("submit", case, "refused", float(refused), "requests"))
+        rows += [r for r in latency("submit latency", case, load.latencies_ms) if r.metric == "p99"]
+        if load.refused:
+            statuses = ", ".join(f"{k}: {v}" for k, v in sorted(load.statuses.items()))
+            rows.append(
+                Measurement(
+                    "submit", f"{case} (statuses {statuses})", "refused", load.refused, "requests"
+                )
+            )
     rows += _execution_rate(config)
     return rows
 

@@ -40,8 +40,11 @@ class Settings:
     audience: str = "qustody-api"
     token_max_ttl_seconds: int = 900
     public_url: str = "http://127.0.0.1:8080"
-    #: Run a worker inside the API process (embedded mode).
+    #: Run a worker beside the API (embedded mode): a child process of ``serve``.
     embedded_worker: bool = True
+    #: API processes sharing the listening port (``serve``); each handles
+    #: requests on its own interpreter, so more than one uses more cores.
+    api_processes: int = 1
     worker_slots: int = max(1, min(4, os.cpu_count() or 1))
     #: A running job whose worker stopped renewing its lease for this long is re-queued.
     lease_seconds: float = 30.0
@@ -88,6 +91,11 @@ class Settings:
                 f"QUSTODY_TOKEN_MAX_TTL_SECONDS is {self.token_max_ttl_seconds}; "
                 "it must be between 30 and 900 (15 minutes)."
             )
+        if not 1 <= self.api_processes <= MAX_API_PROCESSES:
+            raise ConfigurationError(
+                f"QUSTODY_API_PROCESSES is {self.api_processes}; it must be between 1 and "
+                f"{MAX_API_PROCESSES} (one or two per core is plenty)."
+            )
         if self.mode != "production":
             return
         if self.resolved_database_url.startswith("sqlite"):
@@ -103,6 +111,7 @@ class Settings:
 
 
 _ENV_PREFIX = "QUSTODY_"
+MAX_API_PROCESSES = 64
 _SANDBOX_KEYS = {
     "SANDBOX_CPU_SECONDS": "cpu_seconds",
     "SANDBOX_MEMORY_MB": "memory_mb",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from qustody.api.app import build_runtime
-from support import Gateway, free_port, make_settings, seed
+from support import Gateway, free_port, make_settings, seed, wait_ready
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +29,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{gw.url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((root / "server.log").read_text()[-3000:])
-            time.sleep(0.2)
+        wait_ready(gw.url, server, root / "server.log")
         yield gw
     finally:
         server.terminate()

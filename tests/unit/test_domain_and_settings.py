@@ -66,6 +66,12 @@ def test_settings_parse_and_refuse_bad_values() -> None:
         load_settings({"QUSTODY_WORKER_SLOTS": "many"})
     with pytest.raises(ConfigurationError, match="900"):
         load_settings({"QUSTODY_TOKEN_MAX_TTL_SECONDS": "86400"})
+    assert load_settings({"QUSTODY_API_PROCESSES": "2"}).api_processes == 2
+    for bad in ("0", "65"):
+        with pytest.raises(
+            ConfigurationError, match=r"QUSTODY_API_PROCESSES is .* between 1 and 64"
+        ):
+            load_settings({"QUSTODY_API_PROCESSES": bad})
 
 
 def test_the_embedded_worker_gets_the_apps_settings_and_the_master_key(

@@ -39,7 +39,7 @@ from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.guard import Guard
-from qustody.settings import Settings
+from qustody.settings import Settings, load_settings
 from qustody.storage.db import Database
 
 log = logging.getLogger("qustody")
@@ -242,7 +242,7 @@ async def _too_large(send: Send, limit: int) -> None:
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     """The HTTP API. With ``settings.embedded_worker`` it also runs a worker process."""
-    rt = runtime or build_runtime(settings)
+    rt = runtime or build_runtime(settings, listen=True)  # held waits hear jobs finish
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -283,3 +283,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             stacklevel=2,
         )
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one API process of ``qustody serve --api-processes N``.
+
+    ``serve`` prepares the database and starts the embedded worker once, then
+    starts N processes that each call this with the settings it put in the
+    environment (``embedded_worker`` off: one worker serves them all).
+    """
+    return create_app(load_settings())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from qustody.domain.models import Decision, Principal, RequestContext
@@ -23,6 +23,15 @@ from qustody.domain.vocabulary import Action
 from qustody.storage.models import AUDIT_EVENTS
 
 Outcome = Literal["success", "failure", "denied"]
+
+_INSERT_EVENTS = insert(AUDIT_EVENTS)
+
+#: Where events are written: a session's transaction or a bare connection's.
+Transaction = Session | Connection
+
+
+def connection_of(transaction: Transaction) -> Connection:
+    return transaction.connection() if isinstance(transaction, Session) else transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +95,15 @@ def event_row(
     }
 
 
-def record_rows(session: Session, rows: list[dict[str, object]]) -> None:
-    """Append events built by :func:`event_row`, in order, in the session's transaction."""
+def record_rows(transaction: Transaction, rows: list[dict[str, object]]) -> None:
+    """Append events built by :func:`event_row`, in order, in ``transaction``."""
     if rows:
         # The table, not the mapped class: skips the ORM's bulk-insert path.
-        session.connection().execute(insert(AUDIT_EVENTS), rows)
+        connection_of(transaction).execute(_INSERT_EVENTS, rows)
 
 
 def record(
-    session: Session,
+    session: Transaction,
     event_type: Action,
     *,
     actor: Actor,

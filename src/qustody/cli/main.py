@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,31 +85,69 @@ def _settings(**overrides: Any) -> Any:
 )
 @click.option("--demo", is_flag=True, help="Create a demo tenant and print its admin token.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-def serve(host: str, port: int, embedded: bool, demo: bool, data_dir: Path | None) -> None:
+@click.option(
+    "--api-processes",
+    type=int,
+    default=None,
+    help="API processes sharing the port (default 1, or QUSTODY_API_PROCESSES).",
+)
+def serve(
+    host: str,
+    port: int,
+    embedded: bool,
+    demo: bool,
+    data_dir: Path | None,
+    api_processes: int | None,
+) -> None:
     """Start the gateway (API, and a worker in embedded mode)."""
     import uvicorn
 
-    from qustody.api.app import build_runtime, create_app
+    from qustody.api.app import WorkerProcess, build_runtime, create_app
 
     settings = _settings(
-        embedded_worker=embedded, data_dir=data_dir, public_url=f"http://{host}:{port}"
+        embedded_worker=embedded,
+        data_dir=data_dir,
+        public_url=f"http://{host}:{port}",
+        api_processes=api_processes,
     )
     runtime = build_runtime(settings, listen=True)  # workers and waiting requests
+    lines = []
     if demo:
         from qustody.cli.demo import ensure_demo
 
         lines = ensure_demo(runtime.services)
-    else:
-        lines = []
-    app = create_app(settings, runtime=runtime)
     click.echo(f"Qustody {settings.mode} gateway on {settings.public_url}")
     click.echo(f"  API docs: {settings.public_url}/docs   database: {_redact_url(settings)}")
     for line in lines:
         click.echo(line)
+    if settings.api_processes == 1:
+        try:
+            app = create_app(settings, runtime=runtime)
+            uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        finally:
+            runtime.close()
+        return
+    # Several API processes: this one prepared the database and keys above;
+    # it starts the one embedded worker and supervises the API processes,
+    # which build their apps from the settings passed in the environment.
+    runtime.close()
+    worker = WorkerProcess(settings) if settings.embedded_worker else None
+    os.environ.update(replace(settings, embedded_worker=False).environment())
+    if worker is not None:
+        worker.start()
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            "qustody.api.app:app_from_environment",
+            factory=True,
+            workers=settings.api_processes,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
     finally:
-        runtime.close()
+        if worker is not None:
+            worker.stop()
 
 
 def _redact_url(settings: Any) -> str:

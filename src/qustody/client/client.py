@@ -265,18 +265,21 @@ class Client:
     ) -> Job:
         """Wait until the job is terminal and return it (whatever the outcome).
 
-        After a first look, each request asks the gateway to hold it until the
-        job finishes (``GET /v1/jobs/{id}?wait=``, at most
-        :data:`MAX_SERVER_WAIT` seconds a request), so the end of a job is seen
-        at once, without polling. ``poll_interval`` is the shortest hold asked
-        for. ``on_progress`` is called with the job each time its state is seen
-        to change (including the first answer). Raises
+        Each request asks the gateway to hold it until the job finishes
+        (``GET /v1/jobs/{id}?wait=``, at most :data:`MAX_SERVER_WAIT` seconds a
+        request), so the end of a job is seen at once, without polling.
+        ``poll_interval`` is the shortest hold asked for. ``on_progress`` is
+        called with the job each time its state is seen to change (including
+        the first answer, which then comes at once, without a hold). Raises
         :class:`QustodyTimeoutError` after ``timeout`` seconds.
         """
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         deadline = None if timeout is None else time.monotonic() + timeout
-        hold = 0.0  # the first look answers at once
+        if on_progress is not None:
+            hold = 0.0  # the first look answers at once, for the callback
+        else:  # even the first request waits for the job: one round trip less
+            hold = MAX_SERVER_WAIT if timeout is None else min(MAX_SERVER_WAIT, max(timeout, 0.0))
         last_state: JobState | None = None
         while True:
             params: dict[str, str | int] | None = {"wait": f"{hold:.3f}"} if hold else None

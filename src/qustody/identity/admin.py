@@ -10,8 +10,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,14 @@ from qustody.storage import models as m
 from qustody.storage.db import Database
 
 PLATFORM_TENANT = "platform"
+
+_PROJECT_COLUMNS = select(m.PROJECTS.c.id, m.PROJECTS.c.tenant_id, m.PROJECTS.c.data_class)
+_PROJECT_BY_ID = _PROJECT_COLUMNS.where(
+    m.PROJECTS.c.tenant_id == bindparam("tenant"), m.PROJECTS.c.id == bindparam("ref")
+)
+_PROJECT_BY_NAME = _PROJECT_COLUMNS.where(
+    m.PROJECTS.c.tenant_id == bindparam("tenant"), m.PROJECTS.c.name == bindparam("ref")
+)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}[a-z0-9]$|^[a-z0-9]$")
 _PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
@@ -218,6 +227,16 @@ class AdminService:
         if project is None:
             raise not_found("project", ref[:80])
         return project
+
+    def project_scope(self, tenant_id: str, ref: str) -> Resource:
+        """:func:`project_resource` of :meth:`find_project`, by prepared Core
+        statements on a bare connection: every submission runs this lookup."""
+        query = _PROJECT_BY_ID if looks_like_id(ref) else _PROJECT_BY_NAME
+        with self._db.reading() as connection:
+            row = connection.execute(query, {"tenant": tenant_id, "ref": ref}).one_or_none()
+        if row is None:
+            raise not_found("project", ref[:80])
+        return project_resource(row)
 
     def list_projects(self, caller: Principal, request: RequestContext) -> Sequence[m.Project]:
         self._guard.check(
@@ -454,7 +473,13 @@ def _grant(
     session.flush()
 
 
-def project_resource(project: m.Project) -> Resource:
+class _ProjectLike(Protocol):
+    id: str
+    tenant_id: str
+    data_class: str
+
+
+def project_resource(project: _ProjectLike) -> Resource:
     return Resource(
         "project",
         project.id,

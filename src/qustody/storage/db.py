@@ -7,6 +7,8 @@ failing half-way with "database is locked" when a read lock is upgraded.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,10 +60,11 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         self._writer_lock = threading.Lock() if self.is_sqlite else None
+        self._writer_file = _sqlite_lock_file(self.engine) if self.is_sqlite else None
+        self._writer_fd: tuple[int, int] | None = None  # (pid, fd), opened lazily
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(
-            self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False
-        )
+        self._write_engine = self.engine.execution_options(**{_WRITE: True})
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -73,19 +76,65 @@ class Database:
         queue of threads would otherwise pay. Writers in other processes still
         meet at the database lock and its busy timeout.
         """
-        if self._writer_lock is not None and not self._writer_lock.acquire(timeout=30):
+        with self._writer_queue(), self._write() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _writer_queue(self) -> Iterator[None]:
+        """On SQLite, queue for the single writer slot: threads of this process
+        on a lock, processes (API replicas, the worker) on an ``flock`` of a
+        file beside the database. Both wake the next writer at once, where
+        SQLite's own busy handler would sleep with growing back-off."""
+        if self._writer_lock is None:
+            yield
+            return
+        if not self._writer_lock.acquire(timeout=30):
             raise ServiceUnavailable("the database is busy; try again shortly.")
         try:
-            with self._write() as session, session.begin():
-                yield session
+            fd = self._writer_descriptor()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            if self._writer_lock is not None:
-                self._writer_lock.release()
+            self._writer_lock.release()
+
+    def _writer_descriptor(self) -> int | None:
+        if self._writer_file is None:
+            return None
+        pid = os.getpid()
+        if self._writer_fd is None or self._writer_fd[0] != pid:
+            # A forked child gets its own open file: flock belongs to the open file.
+            fd = os.open(self._writer_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._writer_fd = (pid, fd)
+        return self._writer_fd[1]
 
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self._read() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read transaction on a bare connection, for Core queries on hot paths.
+
+        A session costs about three times the work of the query it runs;
+        per-request lookups (token, project) use this instead.
+        """
+        with self.engine.connect() as connection:
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """:meth:`write` on a bare connection, for Core-only write paths."""
+        with self._writer_queue(), self._write_engine.begin() as connection:
+            yield connection
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
@@ -102,3 +151,14 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer_fd is not None and self._writer_fd[0] == os.getpid():
+            os.close(self._writer_fd[1])
+        self._writer_fd = None
+
+
+def _sqlite_lock_file(engine: Engine) -> Path | None:
+    """``<database>-writer.lock`` for a file database; None in memory."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).with_name(Path(database).name + "-writer.lock")

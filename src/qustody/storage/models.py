@@ -185,3 +185,8 @@ class AuditEvent(Base):
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 JOB_TRANSITIONS = cast(Table, JobTransition.__table__)
 SEALED_OBJECTS = cast(Table, SealedObject.__table__)
+JOBS = cast(Table, Job.__table__)
+PROJECTS = cast(Table, Project.__table__)
+PRINCIPALS = cast(Table, Principal.__table__)
+MEMBERSHIPS = cast(Table, Membership.__table__)
+ISSUED_TOKENS = cast(Table, IssuedToken.__table__)
