@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks.harness import Benchmark, Config, Measurement, save, table
 
 #: Modules that export a ``BENCHMARKS`` dict, in the order they run.
-MODULES = ("benchmarks.gateway", "benchmarks.sandbox", "benchmarks.micro")
+MODULES = ("benchmarks.gateway", "benchmarks.sandbox", "benchmarks.micro", "benchmarks.merkle")
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 

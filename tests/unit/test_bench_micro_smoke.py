@@ -78,3 +78,9 @@ def test_tenant_policies_validate_and_the_mix_conforms_to_the_schema() -> None:
 def test_bulk_ids_have_the_gateways_shape() -> None:
     rng = random.Random(1)  # noqa: S311 - not a secret
     assert looks_like_id(_id_at("job", datetime.now(UTC), rng))
+
+
+def test_merkle_benchmark(tmp_path: Path) -> None:
+    from benchmarks.merkle import BENCHMARKS as MERKLE
+
+    check("merkle", MERKLE["merkle"](Config(workdir=tmp_path, smoke=True)))
