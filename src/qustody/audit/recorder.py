@@ -15,16 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.orm import Session
 
 from qustody.domain.models import Decision, Principal, RequestContext
 from qustody.domain.vocabulary import Action
-from qustody.storage.models import AUDIT_EVENTS
+from qustody.storage.models import AUDIT_EVENTS, AUDIT_HEAD
 
 Outcome = Literal["success", "failure", "denied"]
 
 _INSERT_EVENTS = insert(AUDIT_EVENTS)
+_ADVANCE_HEAD = (
+    update(AUDIT_HEAD)
+    .where(AUDIT_HEAD.c.id == 1)
+    .values(size=AUDIT_HEAD.c.size + bindparam("n"))
+    .returning(AUDIT_HEAD.c.size)
+)
 
 #: Where events are written: a session's transaction or a bare connection's.
 Transaction = Session | Connection
@@ -96,10 +102,20 @@ def event_row(
 
 
 def record_rows(transaction: Transaction, rows: list[dict[str, object]]) -> None:
-    """Append events built by :func:`event_row`, in order, in ``transaction``."""
-    if rows:
-        # The table, not the mapped class: skips the ORM's bulk-insert path.
-        connection_of(transaction).execute(_INSERT_EVENTS, rows)
+    """Append events built by :func:`event_row`, in order, in ``transaction``.
+
+    The events take the next sequence numbers from the audit head: advancing
+    it locks the head row until the transaction ends (PostgreSQL; SQLite has
+    one writer anyway), so numbers follow commit order and a rollback leaves
+    no hole. Record events last in a transaction, to hold that lock briefly.
+    """
+    if not rows:
+        return
+    connection = connection_of(transaction)
+    last = connection.execute(_ADVANCE_HEAD, {"n": len(rows)}).scalar_one()
+    first = int(last) - len(rows) + 1
+    # The table, not the mapped class: skips the ORM's bulk-insert path.
+    connection.execute(_INSERT_EVENTS, [{**row, "seq": first + i} for i, row in enumerate(rows)])
 
 
 def record(

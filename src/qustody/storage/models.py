@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -181,6 +182,18 @@ class AuditEvent(Base):
     payload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+class AuditHead(Base):
+    """One row: the number of audit events, advanced by each recording transaction."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("size >= 0", name="size"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
 # The tables themselves, for Core inserts on hot paths (no ORM unit of work).
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 JOB_TRANSITIONS = cast(Table, JobTransition.__table__)
@@ -190,3 +203,4 @@ PROJECTS = cast(Table, Project.__table__)
 PRINCIPALS = cast(Table, Principal.__table__)
 MEMBERSHIPS = cast(Table, Membership.__table__)
 ISSUED_TOKENS = cast(Table, IssuedToken.__table__)
+AUDIT_HEAD = cast(Table, AuditHead.__table__)
