@@ -20,11 +20,13 @@ from sqlalchemy.orm import Session
 
 from qustody.domain.models import Decision, Principal, RequestContext
 from qustody.domain.vocabulary import Action
+from qustody.storage.db import before_commit
 from qustody.storage.models import AUDIT_EVENTS, AUDIT_HEAD
 
 Outcome = Literal["success", "failure", "denied"]
 
 _INSERT_EVENTS = insert(AUDIT_EVENTS)
+_PENDING = "audit.pending"
 _ADVANCE_HEAD = (
     update(AUDIT_HEAD)
     .where(AUDIT_HEAD.c.id == 1)
@@ -104,14 +106,36 @@ def event_row(
 def record_rows(transaction: Transaction, rows: list[dict[str, object]]) -> None:
     """Append events built by :func:`event_row`, in order, in ``transaction``.
 
-    The events take the next sequence numbers from the audit head: advancing
-    it locks the head row until the transaction ends (PostgreSQL; SQLite has
-    one writer anyway), so numbers follow commit order and a rollback leaves
-    no hole. Record events last in a transaction, to hold that lock briefly.
+    In a :meth:`~qustody.storage.db.Database.write`/``writing`` transaction the
+    events are held and written as its last step, numbered then from the
+    audit head (:func:`_append`): one counter update per transaction, and the
+    head's row lock held only from there to the commit. Elsewhere (a
+    migration, a test's own transaction) they are written at once.
     """
     if not rows:
         return
     connection = connection_of(transaction)
+    hooks = before_commit(connection, _PENDING, _write_pending)
+    if hooks is None:
+        _append(connection, rows)
+    else:
+        hooks.state.setdefault(_PENDING, []).extend(rows)
+
+
+def _write_pending(connection: Connection) -> None:
+    hooks = before_commit(connection, _PENDING, _write_pending)
+    rows = hooks.state.pop(_PENDING, []) if hooks is not None else []
+    if rows:
+        _append(connection, rows)
+
+
+def _append(connection: Connection, rows: list[dict[str, object]]) -> None:
+    """Number ``rows`` from the audit head and insert them.
+
+    Advancing the head locks its row until the transaction ends (PostgreSQL;
+    SQLite has one writer anyway), so numbers follow commit order and a
+    rollback leaves no hole.
+    """
     last = connection.execute(_ADVANCE_HEAD, {"n": len(rows)}).scalar_one()
     first = int(last) - len(rows) + 1
     # The table, not the mapped class: skips the ORM's bulk-insert path.

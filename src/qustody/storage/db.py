@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -70,14 +70,18 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error.
 
-        On SQLite, writers of this process queue on a lock first: SQLite lets
-        one writer in at a time anyway, and its own busy handler waits by
-        sleeping with growing back-off (tens of milliseconds), which is what a
-        queue of threads would otherwise pay. Writers in other processes still
-        meet at the database lock and its busy timeout.
+        On SQLite, writers queue for the single writer slot first (see
+        :meth:`_writer_queue`). Actions registered with :func:`before_commit`
+        run last, inside the transaction.
         """
-        with self._writer_queue(), self._write() as session, session.begin():
+        with (
+            self._writer_queue(),
+            self._write() as session,
+            session.begin(),
+            _transaction_hooks(session.connection()) as hooks,
+        ):
             yield session
+            hooks.run()
 
     @contextmanager
     def _writer_queue(self) -> Iterator[None]:
@@ -133,8 +137,13 @@ class Database:
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """:meth:`write` on a bare connection, for Core-only write paths."""
-        with self._writer_queue(), self._write_engine.begin() as connection:
+        with (
+            self._writer_queue(),
+            self._write_engine.begin() as connection,
+            _transaction_hooks(connection) as hooks,
+        ):
             yield connection
+            hooks.run()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
@@ -154,6 +163,51 @@ class Database:
         if self._writer_fd is not None and self._writer_fd[0] == os.getpid():
             os.close(self._writer_fd[1])
         self._writer_fd = None
+
+
+_HOOKS = "qustody.transaction_hooks"
+
+
+class TransactionHooks:
+    """Per-transaction scratch space and actions to run just before commit."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+        self._actions: dict[str, Callable[[Connection], None]] = {}
+        self._connection: Connection | None = None
+
+    def run(self) -> None:
+        assert self._connection is not None
+        for action in self._actions.values():
+            action(self._connection)
+
+
+@contextmanager
+def _transaction_hooks(connection: Connection) -> Iterator[TransactionHooks]:
+    # ``Connection.info`` belongs to the pooled DB-API connection and outlives
+    # this transaction: whatever happens, the hooks leave with it.
+    hooks = TransactionHooks()
+    hooks._connection = connection
+    connection.info[_HOOKS] = hooks
+    try:
+        yield hooks
+    finally:
+        connection.info.pop(_HOOKS, None)
+
+
+def before_commit(
+    connection: Connection, key: str, action: Callable[[Connection], None]
+) -> TransactionHooks | None:
+    """Run ``action`` once (per ``key``) as the last step of this write
+    transaction, and return the transaction's hooks (their ``state`` is
+    scratch space that ends with it). None when ``connection`` is not in a
+    :meth:`Database.write`/:meth:`Database.writing` transaction: then nothing
+    would run the action, and the caller must act at once."""
+    hooks = connection.info.get(_HOOKS)
+    if not isinstance(hooks, TransactionHooks):
+        return None
+    hooks._actions.setdefault(key, action)
+    return hooks
 
 
 def _sqlite_lock_file(engine: Engine) -> Path | None:
