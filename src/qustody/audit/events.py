@@ -1,0 +1,71 @@
+"""The canonical bytes of an audit event: what its Merkle leaf commits to.
+
+An event is encoded as compact JSON with sorted keys, a fixed set of fields
+for its format version (``"v"``), every timestamp in UTC as
+``YYYY-MM-DDTHH:MM:SS.ffffffZ`` and only ASCII (anything else escaped). The
+same bytes come out whether the event is read back from SQLite or PostgreSQL,
+so anyone holding the fields can recompute the leaf; changing any field of a
+stored event changes its leaf hash and breaks every proof through it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from qustody.audit.merkle import leaf_hash
+
+FORMAT = 1
+
+#: The fields an event of format 1 commits to, besides ``v``.
+FIELDS = (
+    "seq",
+    "at",
+    "event_type",
+    "tenant_id",
+    "actor_id",
+    "actor_tenant_id",
+    "auth_method",
+    "token_id",
+    "client_addr",
+    "user_agent",
+    "resource_type",
+    "resource_id",
+    "decision",
+    "policy_ids",
+    "outcome",
+    "reason",
+    "request_id",
+    "job_id",
+    "payload_sha256",
+)
+
+
+class EventEncodingError(ValueError):
+    """An event lacks a field of its format, or holds a value JSON cannot carry."""
+
+
+def utc_text(moment: datetime) -> str:
+    """``moment`` in UTC, to the microsecond; a naive time is taken as UTC (SQLite)."""
+    at = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical(event: Mapping[str, object]) -> bytes:
+    """The canonical encoding of ``event`` (a stored row or an export line)."""
+    document: dict[str, object] = {"v": FORMAT}
+    for name in FIELDS:
+        if name not in event:
+            raise EventEncodingError(f"the event has no {name!r} field")
+        value = event[name]
+        if isinstance(value, datetime):
+            value = utc_text(value)
+        elif value is not None and not isinstance(value, str | int):
+            raise EventEncodingError(f"field {name!r} holds a {type(value).__name__}")
+        document[name] = value
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def event_leaf_hash(event: Mapping[str, object]) -> bytes:
+    return leaf_hash(canonical(event))
