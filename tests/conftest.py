@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from qustody.api.app import Runtime, build_runtime
+from qustody.storage.db import Database
 from support import Tenancy, make_settings, seed
 
 PG_ADMIN_DSN = os.environ.get("QUSTODY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -64,6 +65,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'qustody.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated database, without the rest of a runtime."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ through SQLite or PostgreSQL, so its leaf hash can be recomputed by anyone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -53,14 +52,6 @@ def test_the_encoding_is_fixed() -> None:
         canonical({k: v for k, v in _event().items() if k != "reason"})
     with pytest.raises(EventEncodingError):
         canonical(_event(reason=1.5))
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def test_the_encoding_survives_the_database(db: Database) -> None:

@@ -5,7 +5,6 @@ head that hands out the numbers only grows."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select, text
@@ -22,14 +21,6 @@ TRANSACTIONS = 30
 
 class _Rollback(Exception):
     pass
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url)
-    database.migrate()
-    yield database
-    database.dispose()
 
 
 def test_concurrent_writers_leave_no_gaps(db: Database) -> None:
