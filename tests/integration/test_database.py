@@ -9,8 +9,11 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, insert, select
 
+from qustody.domain.errors import ServiceUnavailable
+from qustody.storage import db as storage_db
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -80,3 +83,28 @@ def test_a_writer_in_another_process_holds_the_queue(tmp_path: Path) -> None:
         os.close(fd)
     writer.join(30)
     assert done.is_set()
+
+
+def test_a_writer_that_never_lets_go_ends_in_service_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer hung in another process must not hang this one for ever: after
+    the wait bound, the write fails with 503 ``unavailable``, writing nothing."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    db = Database(url)
+    db.migrate()
+    monkeypatch.setattr(storage_db, "WRITER_WAIT_SECONDS", 0.3)
+    fd = os.open(tmp_path / "q.db-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(ServiceUnavailable, match="busy"), db.writing() as connection:
+            connection.execute(insert(m.Tenant.__table__), _tenant_rows("x", 1))
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    with db.reading() as connection:
+        assert (
+            connection.execute(select(func.count()).select_from(m.Tenant.__table__)).scalar() == 0
+        )
+    with db.writing() as connection:  # and the queue works again once it is free
+        connection.execute(insert(m.Tenant.__table__), _tenant_rows("y", 1))

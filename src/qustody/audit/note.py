@@ -29,6 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from qustody.audit.merkle import HASH_SIZE
+
 ED25519 = 0x01
 COSIGNATURE_V1 = 0x04
 _DASH = "\u2014 "
@@ -73,20 +75,27 @@ class Verifier:
 
     @classmethod
     def parse(cls, vkey: str) -> Verifier:
-        name, _, rest = vkey.partition("+")
-        hex_id, _, material = rest.partition("+")
-        _check_name(name)
-        try:
-            raw = base64.b64decode(material, validate=True)
-            wanted = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError):
-            raise NoteError(f"verifier key for {name!r} is not name+hex+base64") from None
-        if len(wanted) != 4 or len(raw) != 33 or raw[0] not in (ED25519, COSIGNATURE_V1):
-            raise NoteError(f"verifier key for {name!r} is not an Ed25519 key of type 0x01 or 0x04")
-        verifier = cls(name, raw[0], Ed25519PublicKey.from_public_bytes(raw[1:]))
+        """A verifier key string, ``name+hexid+base64(type || public key)``."""
+        name, wanted, kind, key = _parse_key(vkey, "verifier")
+        verifier = cls(name, kind, Ed25519PublicKey.from_public_bytes(key))
         if verifier.key_id != wanted:
             raise NoteError(f"verifier key for {name!r} has a key ID that does not match its key")
         return verifier
+
+
+def _parse_key(encoded: str, what: str) -> tuple[str, bytes, int, bytes]:
+    """``name+hexid+base64(type || 32 bytes)``: the name, key ID, type and key bytes."""
+    name, _, rest = encoded.partition("+")
+    hex_id, _, material = rest.partition("+")
+    _check_name(name)
+    try:
+        raw = base64.b64decode(material, validate=True)
+        wanted = bytes.fromhex(hex_id)
+    except (binascii.Error, ValueError):
+        raise NoteError(f"the {what} key for {name!r} is not name+hex+base64") from None
+    if len(wanted) != 4 or len(raw) != 33 or raw[0] not in (ED25519, COSIGNATURE_V1):
+        raise NoteError(f"the {what} key for {name!r} is not an Ed25519 key of type 0x01 or 0x04")
+    return name, wanted, raw[0], raw[1:]
 
 
 @dataclass(frozen=True)
@@ -117,16 +126,8 @@ class Signer:
         prefix = "PRIVATE+KEY+"
         if not skey.startswith(prefix):
             raise NoteError("a signer key starts with PRIVATE+KEY+")
-        name, _, rest = skey[len(prefix) :].partition("+")
-        hex_id, _, material = rest.partition("+")
-        try:
-            raw = base64.b64decode(material, validate=True)
-            wanted = bytes.fromhex(hex_id)
-        except (binascii.Error, ValueError):
-            raise NoteError("the signer key is not PRIVATE+KEY+name+hex+base64") from None
-        if len(raw) != 33:
-            raise NoteError("the signer key is not an Ed25519 seed")
-        signer = cls(name, raw[0], Ed25519PrivateKey.from_private_bytes(raw[1:]))
+        name, wanted, kind, seed = _parse_key(skey[len(prefix) :], "signer")
+        signer = cls(name, kind, Ed25519PrivateKey.from_private_bytes(seed))
         if signer.verifier.key_id != wanted:
             raise NoteError(f"signer key for {name!r} has a key ID that does not match its key")
         return signer
@@ -245,13 +246,17 @@ def cosign(text: str, signer: Signer, timestamp: int) -> Signature:
 
 
 def cosignature_time(sig: Signature) -> int:
-    if len(sig.signature) != 8 + 64:
-        raise NoteError(f"the cosignature of {sig.name!r} is not a timestamp and a signature")
-    return int(struct.unpack(">Q", sig.signature[:8])[0])
+    return _timestamp(sig.name, sig.signature)
+
+
+def _timestamp(name: str, blob: bytes) -> int:
+    if len(blob) != 8 + 64:
+        raise NoteError(f"the cosignature of {name!r} is not a timestamp and a signature")
+    return int(struct.unpack(">Q", blob[:8])[0])
 
 
 def _check_cosignature(verifier: Verifier, blob: bytes, text: str) -> None:
-    timestamp = cosignature_time(Signature(verifier.name, verifier.key_id, blob))
+    timestamp = _timestamp(verifier.name, blob)
     _check(verifier, blob[8:], cosigned_message(text, timestamp))
 
 
@@ -282,6 +287,6 @@ class Checkpoint:
             root = base64.b64decode(root_line, validate=True)
         except binascii.Error:
             raise NoteError("the checkpoint root hash is not base64") from None
-        if len(root) != 32:
-            raise NoteError("the checkpoint root hash is not 32 bytes")
+        if len(root) != HASH_SIZE:
+            raise NoteError(f"the checkpoint root hash is not {HASH_SIZE} bytes")
         return cls(origin, int(size_line), root, tuple(extensions))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.orm import Session
@@ -122,9 +122,8 @@ def record_rows(transaction: Transaction, rows: list[dict[str, object]]) -> None
         hooks.state.setdefault(_PENDING, []).extend(rows)
 
 
-def _write_pending(connection: Connection) -> None:
-    hooks = before_commit(connection, _PENDING, _write_pending)
-    rows = hooks.state.pop(_PENDING, []) if hooks is not None else []
+def _write_pending(connection: Connection, state: dict[str, Any]) -> None:
+    rows = state.pop(_PENDING, [])
     if rows:
         _append(connection, rows)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from qustody.domain.errors import ServiceUnavailable
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "qustody_write"
+#: How long a SQLite writer waits for its turn before the request gets a 503.
+WRITER_WAIT_SECONDS = 30.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -87,17 +90,19 @@ class Database:
     def _writer_queue(self) -> Iterator[None]:
         """On SQLite, queue for the single writer slot: threads of this process
         on a lock, processes (API replicas, the worker) on an ``flock`` of a
-        file beside the database. Both wake the next writer at once, where
-        SQLite's own busy handler would sleep with growing back-off."""
+        file beside the database, retried after naps of at most 2 ms where
+        SQLite's own busy handler sleeps with back-off up to tens of ms. After
+        :data:`WRITER_WAIT_SECONDS` the write fails with a 503."""
         if self._writer_lock is None:
             yield
             return
-        if not self._writer_lock.acquire(timeout=30):
-            raise ServiceUnavailable("the database is busy; try again shortly.")
+        deadline = time.monotonic() + WRITER_WAIT_SECONDS
+        if not self._writer_lock.acquire(timeout=WRITER_WAIT_SECONDS):
+            raise _busy()
         try:
             fd = self._writer_descriptor()
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _flock_until(fd, deadline)
             try:
                 yield
             finally:
@@ -165,29 +170,55 @@ class Database:
         self._writer_fd = None
 
 
+def _busy() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"the database has been busy for {WRITER_WAIT_SECONDS:g} seconds; try again shortly."
+    )
+
+
+def _flock_until(fd: int, deadline: float) -> None:
+    """Take the writer file lock by ``deadline``: at once if it is free, else by
+    polling with naps of at most 2 ms. (A blocking ``flock`` cannot time out,
+    and a writer hung in another process must end in a 503, not in a request
+    that never answers.)"""
+    nap = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _busy() from None
+            time.sleep(nap)
+            nap = min(nap * 2, 0.002)
+
+
 _HOOKS = "qustody.transaction_hooks"
+
+
+#: An action run just before commit, given the connection and the
+#: transaction's scratch space.
+CommitAction = Callable[[Connection, dict[str, Any]], None]
 
 
 class TransactionHooks:
     """Per-transaction scratch space and actions to run just before commit."""
 
-    def __init__(self) -> None:
+    def __init__(self, connection: Connection) -> None:
         self.state: dict[str, Any] = {}
-        self._actions: dict[str, Callable[[Connection], None]] = {}
-        self._connection: Connection | None = None
+        self._actions: dict[str, CommitAction] = {}
+        self._connection = connection
 
     def run(self) -> None:
-        assert self._connection is not None
         for action in self._actions.values():
-            action(self._connection)
+            action(self._connection, self.state)
 
 
 @contextmanager
 def _transaction_hooks(connection: Connection) -> Iterator[TransactionHooks]:
     # ``Connection.info`` belongs to the pooled DB-API connection and outlives
     # this transaction: whatever happens, the hooks leave with it.
-    hooks = TransactionHooks()
-    hooks._connection = connection
+    hooks = TransactionHooks(connection)
     connection.info[_HOOKS] = hooks
     try:
         yield hooks
@@ -196,7 +227,7 @@ def _transaction_hooks(connection: Connection) -> Iterator[TransactionHooks]:
 
 
 def before_commit(
-    connection: Connection, key: str, action: Callable[[Connection], None]
+    connection: Connection, key: str, action: CommitAction
 ) -> TransactionHooks | None:
     """Run ``action`` once (per ``key``) as the last step of this write
     transaction, and return the transaction's hooks (their ``state`` is
