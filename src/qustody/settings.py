@@ -93,8 +93,9 @@ class Settings:
             )
         if not 1 <= self.api_processes <= MAX_API_PROCESSES:
             raise ConfigurationError(
-                f"QUSTODY_API_PROCESSES is {self.api_processes}; it must be between 1 and "
-                f"{MAX_API_PROCESSES} (one or two per core is plenty)."
+                f"the number of API processes (--api-processes, QUSTODY_API_PROCESSES) is "
+                f"{self.api_processes}; it must be between 1 and {MAX_API_PROCESSES} "
+                "(one or two per core is plenty)."
             )
         if self.mode != "production":
             return

@@ -69,7 +69,7 @@ def test_settings_parse_and_refuse_bad_values() -> None:
     assert load_settings({"QUSTODY_API_PROCESSES": "2"}).api_processes == 2
     for bad in ("0", "65"):
         with pytest.raises(
-            ConfigurationError, match=r"QUSTODY_API_PROCESSES is .* between 1 and 64"
+            ConfigurationError, match=r"QUSTODY_API_PROCESSES\) is .* between 1 and 64"
         ):
             load_settings({"QUSTODY_API_PROCESSES": bad})
 
