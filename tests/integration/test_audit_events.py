@@ -21,10 +21,11 @@ AT = datetime(2026, 11, 21, 22, 37, 29, 123456, tzinfo=UTC)
 def _event(**changes: object) -> dict[str, object]:
     row = event_row(
         Action.JOB_SUBMIT,
-        actor=Actor("prn_1", "ten_1", "qustody-token", "jti-1"),
+        actor=Actor("prn_1", "ten_1", "qustody-token", "jti-1", "aal2"),
         target=Target("job", "job_1", "ten_1"),
         request=RequestContext("req_1", "10.0.0.1", "qustody-cli/1 \u00e9"),
         job_id="job_1",
+        approval_id="apr_1",
         payload_sha256="ab" * 32,
         reason="backend=aer shots=1024",
         at=AT,
@@ -34,8 +35,9 @@ def _event(**changes: object) -> dict[str, object]:
 
 def test_the_encoding_is_fixed() -> None:
     assert canonical(_event()) == (
-        b'{"actor_id":"prn_1","actor_tenant_id":"ten_1","at":"2026-11-21T22:37:29.123456Z",'
-        b'"auth_method":"qustody-token","client_addr":"10.0.0.1","decision":null,'
+        b'{"actor_id":"prn_1","actor_tenant_id":"ten_1","approval_id":"apr_1",'
+        b'"at":"2026-11-21T22:37:29.123456Z","auth_method":"qustody-token",'
+        b'"auth_strength":"aal2","client_addr":"10.0.0.1","decision":null,'
         b'"event_type":"job:submit","job_id":"job_1","outcome":"success",'
         b'"payload_sha256":"' + b"ab" * 32 + b'","policy_ids":null,'
         b'"reason":"backend=aer shots=1024","request_id":"req_1","resource_id":"job_1",'

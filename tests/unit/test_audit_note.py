@@ -38,6 +38,7 @@ GO_NOTE = (
 def test_reproduces_the_go_reference_note() -> None:
     signer = Signer.parse(GO_SKEY)
     assert signer.verifier.encode() == GO_VKEY
+    assert signer.encode() == GO_SKEY
     assert Verifier.parse(GO_VKEY).key_id.hex() == "c74f20a3"
     assert sign(GO_TEXT, signer) == GO_NOTE
     text, verified = open_note(GO_NOTE, Verifier.parse(GO_VKEY))

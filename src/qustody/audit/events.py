@@ -27,6 +27,7 @@ FIELDS = (
     "actor_id",
     "actor_tenant_id",
     "auth_method",
+    "auth_strength",
     "token_id",
     "client_addr",
     "user_agent",
@@ -38,21 +39,30 @@ FIELDS = (
     "reason",
     "request_id",
     "job_id",
+    "approval_id",
     "payload_sha256",
 )
+
+
+#: An event's fields by name: a stored row's mapping, an export line's object.
+EventFields = Mapping[str, object]
 
 
 class EventEncodingError(ValueError):
     """An event lacks a field of its format, or holds a value JSON cannot carry."""
 
 
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive time (as SQLite returns them) is taken as UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def utc_text(moment: datetime) -> str:
-    """``moment`` in UTC, to the microsecond; a naive time is taken as UTC (SQLite)."""
-    at = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``moment`` in UTC, to the microsecond."""
+    return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical(event: Mapping[str, object]) -> bytes:
+def canonical(event: EventFields) -> bytes:
     """The canonical encoding of ``event`` (a stored row or an export line)."""
     document: dict[str, object] = {"v": FORMAT}
     for name in FIELDS:
@@ -67,5 +77,5 @@ def canonical(event: Mapping[str, object]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def event_leaf_hash(event: Mapping[str, object]) -> bytes:
+def event_leaf_hash(event: EventFields) -> bytes:
     return leaf_hash(canonical(event))

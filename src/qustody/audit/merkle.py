@@ -28,6 +28,9 @@ _NODE = b"\x01"
 
 #: The hash of leaves ``[start, end)`` of some tree.
 Subtree = Callable[[int, int], bytes]
+#: The stored hash of complete subtree ``(level, index)``: leaves
+#: ``[index * 2**level, (index + 1) * 2**level)``.
+Node = Callable[[int, int], bytes]
 
 
 class ProofError(ValueError):
@@ -66,6 +69,21 @@ def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
     while stack:
         value = node_hash(stack.pop()[1], value)
     return value
+
+
+def subtree_hash(node: Node, start: int, end: int) -> bytes:
+    """The hash of leaves ``[start, end)`` from complete-subtree hashes.
+
+    A range that is itself a complete, aligned subtree is one lookup; any
+    other splits as the RFC does, so a proof costs O(log n) lookups.
+    """
+    n = end - start
+    if n == 0:
+        return EMPTY_ROOT
+    if n & (n - 1) == 0 and start % n == 0:
+        return node(n.bit_length() - 1, start // n)
+    k = split(n)
+    return node_hash(subtree_hash(node, start, start + k), subtree_hash(node, start + k, end))
 
 
 # -- building proofs ------------------------------------------------------------------
@@ -245,13 +263,10 @@ class MerkleTree:
         """The hash of leaves ``[start, end)``."""
         if not 0 <= start <= end <= self.size:
             raise ProofError(f"leaves [{start}, {end}) are not in a tree of {self.size}")
-        n = end - start
-        if n == 0:
-            return EMPTY_ROOT
-        if n & (n - 1) == 0 and start % n == 0:
-            return self._levels[n.bit_length() - 1][start // n]
-        k = split(n)
-        return node_hash(self.subtree(start, start + k), self.subtree(start + k, end))
+        return subtree_hash(self.node, start, end)
+
+    def node(self, level: int, index: int) -> bytes:
+        return self._levels[level][index]
 
     def root(self, size: int | None = None) -> bytes:
         return self.subtree(0, self.size if size is None else size)
@@ -261,3 +276,46 @@ class MerkleTree:
 
     def consistency_proof(self, old: int, size: int | None = None) -> list[bytes]:
         return consistency_path(old, self.size if size is None else size, self.subtree)
+
+
+class Frontier:
+    """The right edge of a tree: the complete subtrees that make up its first ``size`` leaves.
+
+    Enough to append leaves and compute the root without the rest of the
+    tree: the integrator loads it (at most one node per level), appends new
+    leaves and stores the nodes each append completes.
+    """
+
+    def __init__(self, size: int, node: Node) -> None:
+        self.size = size
+        # (level, hash), highest level first: one per set bit of ``size``.
+        self._edge = [
+            (level, node(level, (size >> level) - 1))
+            for level in reversed(range(size.bit_length()))
+            if size >> level & 1
+        ]
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add a leaf hash; returns the ``(level, index, hash)`` nodes it completes."""
+        _check_hashes(leaf)
+        index = self.size
+        completed = [(0, index, leaf)]
+        level, value, i = 0, leaf, index
+        while i & 1:  # a right child completes its parent
+            left_level, left = self._edge.pop()
+            if left_level != level:
+                raise ProofError(f"the right edge does not fit a tree of {self.size} leaves")
+            value = node_hash(left, value)
+            level, i = level + 1, i >> 1
+            completed.append((level, i, value))
+        self._edge.append((level, value))
+        self.size += 1
+        return completed
+
+    def root(self) -> bytes:
+        if not self._edge:
+            return EMPTY_ROOT
+        value = self._edge[-1][1]
+        for _, left in reversed(self._edge[:-1]):
+            value = node_hash(left, value)
+        return value

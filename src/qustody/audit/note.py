@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from qustody.audit.merkle import HASH_SIZE
 
@@ -115,6 +120,12 @@ class Signer:
     @property
     def verifier(self) -> Verifier:
         return Verifier(self.name, self.kind, self.private_key.public_key())
+
+    def encode(self) -> str:
+        """The signer key string (``PRIVATE+KEY+name+hexid+base64``): a secret."""
+        seed = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        material = base64.b64encode(bytes([self.kind]) + seed).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.verifier.key_id.hex()}+{material}"
 
     @classmethod
     def generate(cls, name: str, kind: int = ED25519) -> Signer:

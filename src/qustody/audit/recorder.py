@@ -50,14 +50,21 @@ class Actor:
     tenant_id: str | None = None
     auth_method: str | None = None
     token_id: str | None = None
+    auth_strength: str | None = None
 
     @classmethod
     def of(cls, principal: Principal) -> Actor:
-        return cls(principal.id, principal.tenant_id, principal.auth_method, principal.token_id)
+        return cls(
+            principal.id,
+            principal.tenant_id,
+            principal.auth_method,
+            principal.token_id,
+            principal.auth_strength,
+        )
 
     @classmethod
     def system(cls, name: str) -> Actor:
-        return cls(name, None, "system", None)
+        return cls(name, None, "system", None, "system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,7 @@ def event_row(
     decision: Decision | None = None,
     request: RequestContext | None = None,
     job_id: str | None = None,
+    approval_id: str | None = None,
     payload_sha256: str | None = None,
     reason: str | None = None,
     at: datetime | None = None,
@@ -88,6 +96,7 @@ def event_row(
         "actor_id": actor.id,
         "actor_tenant_id": actor.tenant_id,
         "auth_method": actor.auth_method,
+        "auth_strength": actor.auth_strength,
         "token_id": actor.token_id,
         "client_addr": request.client_addr if request else None,
         "user_agent": (request.user_agent or "")[:256] or None if request else None,
@@ -99,6 +108,7 @@ def event_row(
         "reason": reason[:512] if reason else None,
         "request_id": request.request_id if request else None,
         "job_id": job_id,
+        "approval_id": approval_id,
         "payload_sha256": payload_sha256,
     }
 
@@ -151,6 +161,7 @@ def record(
     decision: Decision | None = None,
     request: RequestContext | None = None,
     job_id: str | None = None,
+    approval_id: str | None = None,
     payload_sha256: str | None = None,
     reason: str | None = None,
 ) -> None:
@@ -166,6 +177,7 @@ def record(
                 decision=decision,
                 request=request,
                 job_id=job_id,
+                approval_id=approval_id,
                 payload_sha256=payload_sha256,
                 reason=reason,
             )

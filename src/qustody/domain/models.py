@@ -28,6 +28,9 @@ class Principal:
     tenant_roles: frozenset[Role] = frozenset()
     #: Roles held per project.
     project_roles: tuple[tuple[ProjectId, Role], ...] = ()
+    #: Authentication assurance (NIST SP 800-63B): ``aal1`` single factor,
+    #: ``aal2`` multi-factor; MFA-backed sign-in raises it.
+    auth_strength: str = "aal1"
 
     def roles_for(self, project_id: ProjectId | None) -> frozenset[Role]:
         roles = set(self.tenant_roles)

@@ -27,7 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -39,6 +39,8 @@ NAMING = {
 
 Id = String(40)
 Timestamp = DateTime(timezone=True)
+#: A 64-bit number that SQLite still treats as its rowid alias.
+Seq = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -133,7 +135,7 @@ class Job(Base):
 
 class JobTransition(Base):
     __tablename__ = "job_transitions"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(Seq, primary_key=True)
     job_id: Mapped[str] = mapped_column(Id, ForeignKey("jobs.id"), index=True)
     tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
     from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
@@ -161,13 +163,15 @@ class AuditEvent(Base):
     """Append-only: database triggers refuse UPDATE and DELETE."""
 
     __tablename__ = "audit_events"
-    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Seq, primary_key=True)
     at: Mapped[datetime] = mapped_column(Timestamp)
     event_type: Mapped[str] = mapped_column(String(48), index=True)
     tenant_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
     actor_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     actor_tenant_id: Mapped[str | None] = mapped_column(Id, nullable=True)
     auth_method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: How strongly the actor authenticated (``aal1``/``aal2``/``aal3``, or ``system``).
+    auth_strength: Mapped[str | None] = mapped_column(String(16), nullable=True)
     token_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_agent: Mapped[str | None] = mapped_column(String(256), nullable=True)
@@ -179,19 +183,68 @@ class AuditEvent(Base):
     reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     job_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
+    approval_id: Mapped[str | None] = mapped_column(Id, nullable=True)
     payload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-class AuditHead(Base):
-    """One row: the number of audit events, advanced by each recording transaction."""
+class _Counter:
+    """One row (``id`` 1) holding a ``size`` that only grows (a trigger refuses less)."""
 
-    __tablename__ = "audit_head"
-    __table_args__ = (
-        CheckConstraint("id = 1", name="single_row"),
-        CheckConstraint("size >= 0", name="size"),
-    )
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[CheckConstraint, ...]:  # noqa: N805
+        return (
+            CheckConstraint("id = 1", name="single_row"),
+            CheckConstraint("size >= 0", name="size"),
+        )
+
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditHead(_Counter, Base):
+    """The number of audit events, advanced by each recording transaction."""
+
+    __tablename__ = "audit_head"
+
+
+class AuditTreeNode(Base):
+    """The hash of one complete subtree of the audit log's Merkle tree.
+
+    ``(level, idx)`` covers leaves ``[idx * 2**level, (idx + 1) * 2**level)``;
+    level 0 holds the leaf hashes. Written once by the integrator, never
+    changed (triggers refuse UPDATE and DELETE).
+    """
+
+    __tablename__ = "audit_tree"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idx: Mapped[int] = mapped_column(Seq, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class AuditTreeHead(_Counter, Base):
+    """How many events the stored tree covers."""
+
+    __tablename__ = "audit_tree_head"
+
+
+class AuditCheckpoint(Base):
+    """A signed checkpoint (C2SP tlog-checkpoint note) the log issued; append-only."""
+
+    __tablename__ = "audit_checkpoints"
+    size: Mapped[int] = mapped_column(Seq, primary_key=True)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class AuditCosignature(Base):
+    """A witness's cosignature on a checkpoint, as the witness sent it; append-only."""
+
+    __tablename__ = "audit_cosignatures"
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    witness: Mapped[str] = mapped_column(String(128), primary_key=True)
+    line: Mapped[str] = mapped_column(String(512))
+    received_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 # The tables themselves, for Core inserts on hot paths (no ORM unit of work).
@@ -204,3 +257,7 @@ PRINCIPALS = cast(Table, Principal.__table__)
 MEMBERSHIPS = cast(Table, Membership.__table__)
 ISSUED_TOKENS = cast(Table, IssuedToken.__table__)
 AUDIT_HEAD = cast(Table, AuditHead.__table__)
+AUDIT_TREE = cast(Table, AuditTreeNode.__table__)
+AUDIT_TREE_HEAD = cast(Table, AuditTreeHead.__table__)
+AUDIT_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+AUDIT_COSIGNATURES = cast(Table, AuditCosignature.__table__)

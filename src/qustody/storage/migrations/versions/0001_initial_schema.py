@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from qustody.storage.append_only import allow_rewrites, forbid_rewrites
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -278,34 +280,8 @@ AUDIT_TABLES = ("audit_events",)
 
 def _forbid_audit_rewrites() -> None:
     """UPDATE and DELETE on the audit log fail inside the database itself."""
-    dialect = op.get_bind().dialect.name
-    if dialect == "postgresql":
-        op.execute(
-            "CREATE OR REPLACE FUNCTION qustody_audit_append_only() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION "
-            "'audit log is append-only: % on % refused', TG_OP, TG_TABLE_NAME; END $$"
-        )
-    for table in AUDIT_TABLES:
-        for operation in ("UPDATE", "DELETE"):
-            name = f"{table}_no_{operation.lower()}"
-            if dialect == "postgresql":
-                op.execute(
-                    f"CREATE TRIGGER {name} BEFORE {operation} ON {table} "
-                    "FOR EACH ROW EXECUTE FUNCTION qustody_audit_append_only()"
-                )
-            else:
-                op.execute(
-                    f"CREATE TRIGGER {name} BEFORE {operation} ON {table} "
-                    "BEGIN SELECT RAISE(ABORT, "
-                    f"'audit log is append-only: {operation} refused'); END"
-                )
+    forbid_rewrites(AUDIT_TABLES)
 
 
 def _allow_audit_rewrites() -> None:
-    dialect = op.get_bind().dialect.name
-    for table in AUDIT_TABLES:
-        for operation in ("update", "delete"):
-            suffix = f" ON {table}" if dialect == "postgresql" else ""
-            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{operation}{suffix}")
-    if dialect == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS qustody_audit_append_only()")
+    allow_rewrites(AUDIT_TABLES, drop_function=True)

@@ -13,8 +13,9 @@ Revises: 0001
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
+
+from qustody.storage.append_only import create_counter, drop_only_grows, only_grows
 
 revision = "0002"
 down_revision = "0001"
@@ -23,48 +24,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "audit_head",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.CheckConstraint("id = 1", name=op.f("ck_audit_head_single_row")),
-        sa.CheckConstraint("size >= 0", name=op.f("ck_audit_head_size")),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_head")),
-    )
+    create_counter("audit_head")
     # Events recorded before this revision keep their numbers.
     op.execute(
         "INSERT INTO audit_head (id, size) SELECT 1, COALESCE(MAX(seq), 0) FROM audit_events"
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            "CREATE OR REPLACE FUNCTION qustody_audit_head_grows() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            "IF TG_OP = 'DELETE' OR NEW.size < OLD.size THEN "
-            "RAISE EXCEPTION 'the audit head only grows: % refused', TG_OP; END IF; "
-            "RETURN NEW; END $$"
-        )
-        for operation in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER audit_head_grows_{operation.lower()} BEFORE {operation} "
-                "ON audit_head FOR EACH ROW EXECUTE FUNCTION qustody_audit_head_grows()"
-            )
-    else:
-        op.execute(
-            "CREATE TRIGGER audit_head_grows_update BEFORE UPDATE ON audit_head "
-            "WHEN NEW.size < OLD.size BEGIN SELECT RAISE(ABORT, "
-            "'the audit head only grows: UPDATE refused'); END"
-        )
-        op.execute(
-            "CREATE TRIGGER audit_head_grows_delete BEFORE DELETE ON audit_head "
-            "BEGIN SELECT RAISE(ABORT, 'the audit head only grows: DELETE refused'); END"
-        )
+    only_grows("audit_head")
 
 
 def downgrade() -> None:
-    postgres = op.get_bind().dialect.name == "postgresql"
-    for operation in ("update", "delete"):
-        suffix = " ON audit_head" if postgres else ""
-        op.execute(f"DROP TRIGGER IF EXISTS audit_head_grows_{operation}{suffix}")
-    if postgres:
-        op.execute("DROP FUNCTION IF EXISTS qustody_audit_head_grows()")
+    drop_only_grows("audit_head")
     op.drop_table("audit_head")
