@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -301,6 +302,32 @@ def test_the_state_directory_is_private_and_locked(tmp_path: Path) -> None:
     os.chmod(tmp_path / "open", 0o755)  # noqa: S103 (the directory must be open to others)
     with pytest.raises(ConfigurationError, match="chmod 700"):
         witness_at(tmp_path / "open")
+
+
+def test_witnesses_sharing_a_directory_take_turns(tmp_path: Path) -> None:
+    log = Log(1)
+    witness_at(tmp_path / "w").observe(log.checkpoint(), log.consistency)
+    notes = [log.grow(1).checkpoint() for _ in range(24)]  # sizes 2 to 25, shown out of order
+    outcomes: list[str] = []
+
+    def show(note: str) -> None:
+        try:  # each thread has its own witness, lock file descriptor and clock
+            witness_at(tmp_path / "w").observe(note, log.tree.consistency_proof)
+            outcomes.append("cosigned")
+        except Rollback:
+            outcomes.append("rollback")
+
+    threads = [threading.Thread(target=show, args=(n,)) for n in notes[::2] + notes[1::2]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(outcomes) == 24
+    # Each observe reads, checks and writes under the lock, so the largest tree,
+    # which no other can roll back, is the one kept whatever the order.
+    state = witness_at(tmp_path / "w").state()
+    assert state is not None
+    assert state.size == 25
 
 
 def test_a_tampered_state_is_refused(tmp_path: Path) -> None:
