@@ -50,6 +50,13 @@ class Settings:
     lease_seconds: float = 30.0
     #: Safety net only: workers are woken by notifications, not by this poll.
     idle_poll_seconds: float = 5.0
+    #: The audit log's checkpoint-signing key (a C2SP signer key, 0600).
+    audit_key_file: Path | None = None
+    #: The audit log's origin, fixed when its key is made (default: the
+    #: public URL's host and path plus ``/audit``).
+    audit_origin: str = ""
+    #: A worker signs a checkpoint this often when the log has grown.
+    audit_checkpoint_seconds: float = 5.0
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @property
@@ -59,6 +66,10 @@ class Settings:
     @property
     def resolved_signing_key_file(self) -> Path:
         return self.signing_key_file or self.data_dir / "token-signing-key.pem"
+
+    @property
+    def resolved_audit_key_file(self) -> Path:
+        return self.audit_key_file or self.data_dir / "audit-log.key"
 
     @property
     def resolved_keyring_file(self) -> Path:
@@ -96,6 +107,11 @@ class Settings:
                 f"the number of API processes (--api-processes, QUSTODY_API_PROCESSES) is "
                 f"{self.api_processes}; it must be between 1 and {MAX_API_PROCESSES} "
                 "(one or two per core is plenty)."
+            )
+        if not 0.1 <= self.audit_checkpoint_seconds <= 3600:
+            raise ConfigurationError(
+                f"QUSTODY_AUDIT_CHECKPOINT_SECONDS is {self.audit_checkpoint_seconds}; it "
+                "must be between 0.1 and 3600 (witnesses expect a checkpoint every few seconds)."
             )
         if self.mode != "production":
             return

@@ -170,6 +170,7 @@ def test_the_signing_key_file(tmp_path: Path) -> None:
     made = load_log_signer(path, ORIGIN, create=True)
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_log_signer(path, None, create=False).verifier == made.verifier
+    assert load_log_signer(path, None, create=True, new_origin="other/audit").name == ORIGIN
     with pytest.raises(ConfigurationError, match="origin cannot change"):
         load_log_signer(path, "elsewhere.example/audit", create=False)
     path.chmod(0o644)

@@ -72,6 +72,10 @@ def test_settings_parse_and_refuse_bad_values() -> None:
             ConfigurationError, match=r"QUSTODY_API_PROCESSES\) is .* between 1 and 64"
         ):
             load_settings({"QUSTODY_API_PROCESSES": bad})
+    every = load_settings({"QUSTODY_AUDIT_CHECKPOINT_SECONDS": "1.5"}).audit_checkpoint_seconds
+    assert every == 1.5
+    with pytest.raises(ConfigurationError, match=r"AUDIT_CHECKPOINT_SECONDS is 0\.0"):
+        load_settings({"QUSTODY_AUDIT_CHECKPOINT_SECONDS": "0"})
 
 
 def test_the_embedded_worker_gets_the_apps_settings_and_the_master_key(

@@ -43,6 +43,7 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.BACKEND_READ,
             Action.TOKEN_ISSUE,
             Action.TOKEN_REVOKE,
+            Action.AUDIT_CHECKPOINT,
         }
     ),
     "tenant-admin": frozenset(
@@ -62,6 +63,8 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.JOB_READ,
             Action.JOB_CANCEL,
             Action.RESULT_READ,
+            Action.AUDIT_READ,
+            Action.AUDIT_EXPORT,
         }
     ),
     "developer": frozenset(
@@ -111,6 +114,9 @@ ALLOWED_BY: Mapping[tuple[str, Action], str] = {
     ("tenant-admin", Action.JOB_READ): "tenant-admin-jobs",
     ("tenant-admin", Action.JOB_CANCEL): "tenant-admin-jobs",
     ("tenant-admin", Action.RESULT_READ): "tenant-admin-jobs",
+    ("tenant-admin", Action.AUDIT_READ): "tenant-admin-tenant",
+    ("tenant-admin", Action.AUDIT_EXPORT): "tenant-admin-tenant",
+    ("platform-admin", Action.AUDIT_CHECKPOINT): "platform-admin-audit",
     ("developer", Action.PROJECT_READ): "developer-project",
     ("developer", Action.JOB_SUBMIT): "developer-project",
     ("developer", Action.JOB_LIST): "developer-project",
@@ -193,10 +199,14 @@ def resource_for(
             | Action.BACKEND_LIST
             | Action.AUTH_FAIL
             | Action.ADMIN_INIT
+            | Action.AUDIT_CHECKPOINT
+            | Action.CONFIG_LOAD
         ):
             return Resource(type="platform", id="platform", tenant_id=None)
         case (
             Action.TENANT_READ
+            | Action.AUDIT_READ
+            | Action.AUDIT_EXPORT
             | Action.PROJECT_CREATE
             | Action.PROJECT_LIST
             | Action.MEMBER_ADD
@@ -405,6 +415,18 @@ def test_platform_admin_cannot_administer_another_tenant(engine: CedarPolicyEngi
     for action in (Action.MEMBER_ADD, Action.MEMBER_LIST, Action.PROJECT_CREATE):
         assert not engine.authorize(caller, action, tenant_b).allowed
     assert engine.authorize(caller, Action.TENANT_READ, tenant_b).allowed
+
+
+def test_only_platform_admins_export_the_whole_audit_log(engine: CedarPolicyEngine) -> None:
+    platform = Resource(type="platform", id="platform", tenant_id=None)
+    decision = engine.authorize(principal("platform-admin"), Action.AUDIT_EXPORT, platform)
+    assert decision.allowed
+    assert decision.policy_ids == ("platform-admin-audit",)
+    for role in ("tenant-admin", "developer", "viewer"):
+        assert not engine.authorize(principal(role), Action.AUDIT_EXPORT, platform).allowed
+    tenant_b = Resource(type="tenant", id=TENANT_B, tenant_id=TENANT_B)
+    for action in (Action.AUDIT_READ, Action.AUDIT_EXPORT):
+        assert not engine.authorize(principal("platform-admin"), action, tenant_b).allowed
 
 
 def test_platform_admin_holds_no_tenant_powers_in_its_own_tenant(

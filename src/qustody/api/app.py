@@ -7,6 +7,7 @@ HTTP API in front of them and, in embedded mode, runs a worker in-process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,17 +19,21 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qustody import __version__
 from qustody.api import problems
-from qustody.api.routes import admin, health, jobs
+from qustody.api.routes import admin, audit, health, jobs
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
+from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
+from qustody.audit.recorder import Actor, Target, record
 from qustody.crypto.envelope import Envelope
 from qustody.crypto.local import LocalKeyring
 from qustody.domain.errors import InsecureDevelopmentWarning
 from qustody.domain.ids import new_request_id
+from qustody.domain.vocabulary import Action
 from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.identity.admin import AdminService
@@ -37,10 +42,12 @@ from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_c
 from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
+from qustody.policy.audit_reader import AuditReader
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.guard import Guard
 from qustody.settings import Settings, load_settings
 from qustody.storage.db import Database
+from qustody.storage.models import AUDIT_EVENTS
 
 log = logging.getLogger("qustody")
 
@@ -52,6 +59,11 @@ class Runtime:
     services: Services
     envelope: Envelope
     notifier: Notifier
+
+    def make_checkpointer(self) -> Checkpointer:
+        """The thread that signs checkpoints as the audit log grows (run by workers)."""
+        settings = self.services.settings
+        return Checkpointer(self.services.audit_log, settings.audit_checkpoint_seconds)
 
     def make_worker(self, *, slots: int | None = None) -> tuple[Worker, Sandbox]:
         settings = self.services.settings
@@ -114,8 +126,53 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         validate_circuit,
         CircuitLimits(),
     )
-    services = Services(settings, db, tokens, admin_service, jobs_service, registry)
+    signer = load_log_signer(
+        settings.resolved_audit_key_file,
+        settings.audit_origin or None,
+        create=development,
+        new_origin=default_origin(settings.public_url),
+    )
+    audit_log = AuditLog(db, signer)
+    audit = AuditReader(db, guard, audit_log)
+    _record_configuration(db, settings)
+    services = Services(
+        settings, db, tokens, admin_service, jobs_service, registry, audit_log, audit
+    )
     return Runtime(services, envelope, notifier)
+
+
+def _record_configuration(db: Database, settings: Settings) -> None:
+    """Record ``config:load`` when a process starts with settings unlike the last recorded.
+
+    The event holds the SHA-256 of the settings (credentials in the database
+    URL removed first) and the mode, never the values: an auditor can match a
+    configuration they hold against the log, and sees every change.
+    """
+    values = settings.environment()
+    if "QUSTODY_DATABASE_URL" in values:
+        values["QUSTODY_DATABASE_URL"] = _without_credentials(values["QUSTODY_DATABASE_URL"])
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    with db.writing() as connection:
+        last = connection.execute(
+            select(AUDIT_EVENTS.c.payload_sha256)
+            .where(AUDIT_EVENTS.c.event_type == Action.CONFIG_LOAD.value)
+            .order_by(AUDIT_EVENTS.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        if last != digest:
+            record(
+                connection,
+                Action.CONFIG_LOAD,
+                actor=Actor.system("gateway"),
+                target=Target("platform", "configuration"),
+                payload_sha256=digest,
+                reason=f"mode={settings.mode}",
+            )
+
+
+def _without_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[1]}" if "@" in rest else url
 
 
 _SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
@@ -270,7 +327,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.state.services = rt.services
     problems.install(app)
-    for router in (health.router, jobs.router, admin.router):
+    for router in (health.router, jobs.router, admin.router, audit.router):
         app.include_router(router)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

@@ -240,3 +240,36 @@ class Health(Response):
 class Readiness(Response):
     status: str
     checks: dict[str, str]
+
+
+class InclusionProof(Response):
+    """An RFC 9162 audit path (base64 hashes, leaf to root) in the tree of ``size`` events."""
+
+    size: int
+    path: list[str]
+
+
+class AuditEvent(Response):
+    """An audit event exactly as its Merkle leaf encodes it (``event``), the leaf
+    hash the log recorded, and its inclusion proof once a checkpoint covers it."""
+
+    event: dict[str, str | int | None]
+    leaf: str | None
+    proof: InclusionProof | None = None
+
+
+class AuditEventPage(Response):
+    checkpoint: str | None = Field(description="The signed checkpoint the proofs lead to")
+    items: list[AuditEvent]
+    next: int | None = Field(description="Pass as `after` for the next page")
+
+
+class AuditEventProof(Response):
+    checkpoint: str
+    item: AuditEvent
+
+
+class ConsistencyProof(Response):
+    from_size: int = Field(serialization_alias="from")
+    to_size: int = Field(serialization_alias="to")
+    path: list[str]

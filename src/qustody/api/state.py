@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from qustody.audit.log import AuditLog
 from qustody.executors.registry import BackendRegistry
 from qustody.identity.admin import AdminService
 from qustody.identity.tokens import TokenService
 from qustody.jobs.service import JobService
+from qustody.policy.audit_reader import AuditReader
 from qustody.settings import Settings
 from qustody.storage.db import Database
 
@@ -22,6 +24,8 @@ class Services:
     admin: AdminService
     jobs: JobService
     registry: BackendRegistry
+    audit_log: AuditLog
+    audit: AuditReader
 
 
 def services_of(request: Request) -> Services:

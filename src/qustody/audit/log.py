@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import logging
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +57,7 @@ from qustody.storage.models import (
 )
 
 T = TypeVar("T")
+logger = logging.getLogger("qustody.audit")
 
 #: Events hashed into the tree per transaction.
 INTEGRATE_BATCH = 1000
@@ -87,22 +91,26 @@ def default_origin(public_url: str) -> str:
     return f"{bare}/audit"
 
 
-def load_log_signer(path: Path, origin: str | None, *, create: bool) -> Signer:
+def load_log_signer(
+    path: Path, origin: str | None, *, create: bool, new_origin: str | None = None
+) -> Signer:
     """The log's checkpoint-signing key, a C2SP signer key string in ``path`` (0600).
 
     The key's name is the log's origin, fixed when the key is made: witnesses
     and verifiers bind the two, so it must not change with the gateway's URL.
-    With ``create`` (development) a missing key is generated for ``origin``.
+    ``origin``, when given, must match the key's. With ``create``
+    (development) a missing key is generated for ``origin or new_origin``.
     """
     if not path.exists():
-        if not create or origin is None:
+        name = origin or new_origin
+        if not create or name is None:
             raise ConfigurationError(
                 f"audit log signing key file {path} does not exist; create one with "
                 "`qustody audit keygen --origin <origin> --out <file>` (readable only "
                 "by the gateway)."
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        signer = Signer.generate(origin)
+        signer = Signer.generate(name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(signer.encode() + "\n")
@@ -114,8 +122,8 @@ def load_log_signer(path: Path, origin: str | None, *, create: bool) -> Signer:
     signer = Signer.parse(path.read_text().strip())
     if origin is not None and signer.name != origin:
         raise ConfigurationError(
-            f"the audit log key in {path} signs for origin {signer.name!r}, but the "
-            f"configured origin is {origin!r}; a log's origin cannot change (unset "
+            f"the audit log key in {path} signs for origin {signer.name!r}, but "
+            f"QUSTODY_AUDIT_ORIGIN is {origin!r}; a log's origin cannot change (unset "
             "QUSTODY_AUDIT_ORIGIN or point QUSTODY_AUDIT_KEY_FILE at the right key)."
         )
     return signer
@@ -296,6 +304,42 @@ class AuditLog:
         with self._db.reading() as connection:
             nodes = _fetch_nodes(connection, wanted)
         return {index + 1: value for (_, index), value in nodes.items()}
+
+
+class Checkpointer:
+    """A thread that signs a checkpoint every ``interval`` seconds while the log grows.
+
+    Run by workers; several may run at once (one per worker), since
+    integrating and signing serialize on the tree head and a size is signed
+    once. A failure is logged (without event content) and retried.
+    """
+
+    def __init__(self, log: AuditLog, interval: float) -> None:
+        self._log = log
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="audit-checkpointer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with contextlib.suppress(Exception):
+            self._log.checkpoint()  # what was recorded up to now, signed before leaving
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._log.checkpoint()
+            except AuditLogError as exc:  # its message names seqs and nodes, no content
+                logger.error("audit log: %s", exc)
+            except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
+                logger.warning("audit checkpoint failed: %s", type(exc).__name__)
 
 
 _CHECKPOINT_COLUMNS = (

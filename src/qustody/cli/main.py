@@ -178,10 +178,13 @@ def worker(slots: int | None, data_dir: Path | None, exit_with_parent: bool) -> 
         _exit_with_parent(stop)
     runtime = build_runtime(_settings(data_dir=data_dir), listen=True)
     w, sandbox = runtime.make_worker(slots=slots)
+    checkpointer = runtime.make_checkpointer()
     w.start()
+    checkpointer.start()
     click.echo(f"{w.id} running {w.slots} slot(s); Ctrl-C to stop", err=True)
     stop.wait()
     w.stop()
+    checkpointer.stop()
     sandbox.close()
     runtime.close()
 

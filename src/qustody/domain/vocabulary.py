@@ -27,6 +27,12 @@ class Action(StrEnum):
     TOKEN_REVOKE = "token:revoke"  # noqa: S105
     AUTH_FAIL = "auth:fail"
     ADMIN_INIT = "admin:init"
+    # the audit log: searching a tenant's events, exporting, issuing a checkpoint
+    AUDIT_READ = "audit:read"
+    AUDIT_EXPORT = "audit:export"
+    AUDIT_CHECKPOINT = "audit:checkpoint"
+    # the gateway's configuration, recorded when a process starts with it
+    CONFIG_LOAD = "config:load"
     # backends
     BACKEND_LIST = "backend:list"
     BACKEND_READ = "backend:read"
