@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from qustody.cli.audit import audit
 from qustody.cli.output import emit_json, table
 from qustody.client import Client
 from qustody.client.errors import QustodyClientError, QustodyTimeoutError
@@ -581,6 +582,9 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
             [(b.name, b.method, b.max_qubits, b.max_shots, b.online) for b in rows],
             ["name", "method", "max qubits", "max shots", "online"],
         )
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

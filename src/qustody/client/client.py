@@ -13,14 +13,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
-from qustody.client.errors import QustodyConnectionError, QustodyProtocolError, QustodyTimeoutError
+from qustody.client.errors import (
+    QustodyAPIError,
+    QustodyConnectionError,
+    QustodyProtocolError,
+    QustodyTimeoutError,
+)
 from qustody.client.models import (
     Backend,
     Health,
@@ -151,13 +156,7 @@ class Client:
             ) from None
         if response.is_success:
             return response
-        raise api_error_from_answer(
-            status=response.status_code,
-            reason=response.reason_phrase,
-            content_type=response.headers.get("content-type"),
-            body=response.content,
-            request_id_header=response.headers.get("x-request-id"),
-        )
+        raise _error_of(response)
 
     def _json(
         self,
@@ -371,6 +370,48 @@ class Client:
     def revoke_token(self, jti: str) -> None:
         self._request("DELETE", f"/tokens/{_segment(jti)}")
 
+    # -------------------------------------------------------------------- audit
+
+    def audit_key(self) -> str:
+        """The audit log's verifier key as the gateway publishes it. Check it against
+        one you got elsewhere before trusting what it verifies."""
+        url = f"{self._url}/.well-known/qustody/audit-log-key"
+        return self._request("GET", url).text.strip()
+
+    def audit_checkpoint(self) -> str:
+        """The latest signed checkpoint note."""
+        return self._request("GET", "/audit/checkpoint").text
+
+    def issue_audit_checkpoint(self) -> str:
+        """Have the gateway sign a checkpoint now (platform admins)."""
+        return self._request("POST", "/audit/checkpoint").text
+
+    def audit_events(self, **filters: str | int) -> dict[str, Any]:
+        """Your tenant's audit events (``actor``, ``action``, ``job``, ``since``, ...),
+        each with its inclusion proof, and the checkpoint they lead to."""
+        page = self._json("GET", "/audit/events", params=filters)
+        if not isinstance(page, dict):
+            raise QustodyProtocolError("GET /v1/audit/events answered without a JSON object")
+        return page
+
+    def audit_export(self, out: BinaryIO, *, scope: str = "tenant") -> int:
+        """Stream an export (JSON Lines) for ``qustody audit verify`` into ``out``;
+        returns the number of bytes written."""
+        written = 0
+        try:
+            with self._http.stream("GET", "/audit/export", params={"scope": scope}) as response:
+                if not response.is_success:
+                    response.read()
+                    raise _error_of(response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise QustodyConnectionError(
+                f"the export from {self._url} broke off: {type(exc).__name__}"
+            ) from None
+        return written
+
     # ------------------------------------------------------------------- health
 
     def health(self) -> Health:
@@ -379,3 +420,14 @@ class Client:
     def ready(self) -> Readiness:
         """Readiness; a gateway that is not ready raises :class:`QustodyAPIError` (503)."""
         return Readiness.from_json(self._json("GET", "/ready"))
+
+
+def _error_of(response: httpx.Response) -> QustodyAPIError:
+    """The SDK error for an unsuccessful answer (its problem document, read)."""
+    return api_error_from_answer(
+        status=response.status_code,
+        reason=response.reason_phrase,
+        content_type=response.headers.get("content-type"),
+        body=response.content,
+        request_id_header=response.headers.get("x-request-id"),
+    )
