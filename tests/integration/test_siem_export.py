@@ -28,10 +28,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from sqlalchemy import select
 
 from qustody.audit import siem as siem_module
 from qustody.audit.ocsf import to_ocsf
-from qustody.audit.recorder import Actor, Target, event_row
+from qustody.audit.recorder import Actor, Target, event_row, record_rows
 from qustody.audit.siem import (
     SD_ID,
     SiemCertificateRejected,
@@ -44,6 +45,8 @@ from qustody.audit.siem import (
 from qustody.domain.errors import ConfigurationError
 from qustody.domain.models import Decision, RequestContext
 from qustody.domain.vocabulary import Action
+from qustody.storage import models as m
+from qustody.storage.db import Database
 
 VERSION = "0.1.0"
 HOST = "gw-test.example"
@@ -480,6 +483,26 @@ def test_an_unreachable_siem_is_a_clear_error() -> None:
     with pytest.raises(SiemUnreachable):
         siem.connect()
     assert not siem.connected
+
+
+def test_stored_events_reach_the_siem(db: Database, tcp: Listener) -> None:
+    """Rows as SQLite or PostgreSQL return them (naive or aware times) map and travel."""
+    written = [{k: v for k, v in _event(seq).items() if k != "seq"} for seq in (1, 2, 3)]
+    written[1]["tenant_id"] = "ten_b"
+    with db.writing() as connection:
+        record_rows(connection, written)
+    with db.reading() as connection:
+        rows = [
+            r._mapping
+            for r in connection.execute(select(m.AUDIT_EVENTS).order_by(m.AUDIT_EVENTS.c.seq))
+        ]
+    with _sender(tcp.port, tenant_id="ten_a") as siem:
+        assert siem.send(rows) == 2
+    received = [parse_syslog(message) for message in tcp.wait_for(2)]
+    assert [m.params["seq"] for m in received] == ["1", "3"]
+    for row, message in zip([rows[0], rows[2]], received, strict=True):
+        assert json.loads(message.msg) == to_ocsf(row, product_version=VERSION)
+        assert datetime.fromisoformat(message.timestamp) == AT + timedelta(seconds=row["seq"])
 
 
 # -- TLS ------------------------------------------------------------------------------
