@@ -39,7 +39,7 @@ def test_in_process_benchmarks(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
-@pytest.mark.parametrize("name", ["audit", "growth"])
+@pytest.mark.parametrize("name", ["audit", "auditlog", "growth"])
 def test_database_benchmarks(
     name: str, database: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

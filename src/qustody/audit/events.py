@@ -62,19 +62,29 @@ def utc_text(moment: datetime) -> str:
     return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: The document's keys in sorted order, so it is built sorted and dumped as is.
+_KEYS = tuple(sorted((*FIELDS, "v")))
+_PLAIN = (str, int, type(None))
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical(event: EventFields) -> bytes:
     """The canonical encoding of ``event`` (a stored row or an export line)."""
-    document: dict[str, object] = {"v": FORMAT}
-    for name in FIELDS:
-        if name not in event:
-            raise EventEncodingError(f"the event has no {name!r} field")
-        value = event[name]
+    document: dict[str, object] = {}
+    for name in _KEYS:
+        if name == "v":
+            document["v"] = FORMAT
+            continue
+        try:
+            value = event[name]
+        except KeyError:
+            raise EventEncodingError(f"the event has no {name!r} field") from None
         if isinstance(value, datetime):
             value = utc_text(value)
-        elif value is not None and not isinstance(value, str | int):
+        elif not isinstance(value, _PLAIN) or isinstance(value, bool):
             raise EventEncodingError(f"field {name!r} holds a {type(value).__name__}")
         document[name] = value
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _ENCODER.encode(document).encode()
 
 
 def event_leaf_hash(event: EventFields) -> bytes:

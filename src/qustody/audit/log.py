@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from qustody.audit.events import EventFields, as_utc, event_leaf_hash
@@ -61,11 +61,18 @@ logger = logging.getLogger("qustody.audit")
 
 #: Events hashed into the tree per transaction.
 INTEGRATE_BATCH = 1000
-#: Node keys per lookup query (SQLite binds at most a few thousand parameters).
+#: Node indexes per lookup (SQLite binds at most a few thousand parameters).
 _LOOKUP_CHUNK = 400
 
 _TREE_SIZE = select(AUDIT_TREE_HEAD.c.size).where(AUDIT_TREE_HEAD.c.id == 1)
 _INSERT_NODES = insert(AUDIT_TREE)
+# One level at a time: ``level = ? AND idx IN (...)`` uses the primary key on
+# both databases (SQLite scans the table for a row-value IN), and the one
+# statement shape is compiled once.
+_NODES = select(AUDIT_TREE.c.idx, AUDIT_TREE.c.hash).where(
+    AUDIT_TREE.c.level == bindparam("level"),
+    AUDIT_TREE.c.idx.in_(bindparam("indexes", expanding=True)),
+)
 _INSERT_CHECKPOINT = insert(AUDIT_CHECKPOINTS)
 
 
@@ -381,17 +388,15 @@ def _with_nodes(connection: Connection, compute: Callable[[Node], T]) -> T:
 def _fetch_nodes(
     connection: Connection, keys: Iterable[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
-    ordered = sorted(set(keys))
+    by_level: dict[int, list[int]] = {}
+    for level, index in sorted(set(keys)):
+        by_level.setdefault(level, []).append(index)
     found: dict[tuple[int, int], bytes] = {}
-    for start in range(0, len(ordered), _LOOKUP_CHUNK):
-        chunk = ordered[start : start + _LOOKUP_CHUNK]
-        rows = connection.execute(
-            select(AUDIT_TREE.c.level, AUDIT_TREE.c.idx, AUDIT_TREE.c.hash).where(
-                tuple_(AUDIT_TREE.c.level, AUDIT_TREE.c.idx).in_(chunk)
-            )
-        )
-        for level, index, value in rows:
-            found[(int(level), int(index))] = bytes(value)
+    for level, indexes in by_level.items():
+        for start in range(0, len(indexes), _LOOKUP_CHUNK):
+            chunk = indexes[start : start + _LOOKUP_CHUNK]
+            for index, value in connection.execute(_NODES, {"level": level, "indexes": chunk}):
+                found[(level, int(index))] = bytes(value)
     return found
 
 

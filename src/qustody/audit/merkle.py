@@ -312,6 +312,11 @@ class Frontier:
         self.size += 1
         return completed
 
+    def copy(self) -> Frontier:
+        twin = Frontier(0, _no_nodes)
+        twin.size, twin._edge = self.size, list(self._edge)
+        return twin
+
     def root(self) -> bytes:
         if not self._edge:
             return EMPTY_ROOT
@@ -319,3 +324,7 @@ class Frontier:
         for _, left in reversed(self._edge[:-1]):
             value = node_hash(left, value)
         return value
+
+
+def _no_nodes(level: int, index: int) -> bytes:
+    raise ProofError("an empty tree has no nodes")

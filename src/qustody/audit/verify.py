@@ -233,7 +233,9 @@ def _verify_platform(
     for checkpoint in signed:
         by_size.setdefault(checkpoint.size, []).append(checkpoint)
     computed = Frontier(0, _no_node)  # the tree of the events' fields
-    recorded = Frontier(0, _no_node)  # the tree of the leaves the log recorded
+    # The tree of the leaves the log recorded: the same as ``computed`` until
+    # the first event that does not hash to its recorded leaf, kept apart from there.
+    recorded: Frontier | None = None
     recorded_intact = True
     first_mismatch: tuple[int, int] | None = None  # (line, seq) of the first differing leaf
     last_good = 0
@@ -260,8 +262,9 @@ def _verify_platform(
                 recorded_intact = False
             elif stored != leaf and first_mismatch is None:
                 first_mismatch = (line, expected)
+                recorded = computed.copy()
             computed.append(leaf)
-            if recorded_intact and stored is not None:
+            if recorded is not None and recorded_intact and stored is not None:
                 recorded.append(stored)
             report.events += 1
             bad = _mismatch(computed, by_size)
@@ -269,13 +272,8 @@ def _verify_platform(
                 if computed.size in by_size:
                     last_good = computed.size
                 continue
-            _locate(
-                bad,
-                last_good,
-                first_mismatch,
-                recorded_intact and recorded.root() == bad.root,
-                report,
-            )
+            recorded_root = (recorded or computed).root() if recorded_intact else None
+            _locate(bad, last_good, first_mismatch, recorded_root == bad.root, report)
             raise _Stop
     except _Stop:
         return

@@ -237,16 +237,6 @@ class AuditCheckpoint(Base):
     issued_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
-class AuditCosignature(Base):
-    """A witness's cosignature on a checkpoint, as the witness sent it; append-only."""
-
-    __tablename__ = "audit_cosignatures"
-    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    witness: Mapped[str] = mapped_column(String(128), primary_key=True)
-    line: Mapped[str] = mapped_column(String(512))
-    received_at: Mapped[datetime] = mapped_column(Timestamp)
-
-
 # The tables themselves, for Core inserts on hot paths (no ORM unit of work).
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 JOB_TRANSITIONS = cast(Table, JobTransition.__table__)
@@ -260,4 +250,3 @@ AUDIT_HEAD = cast(Table, AuditHead.__table__)
 AUDIT_TREE = cast(Table, AuditTreeNode.__table__)
 AUDIT_TREE_HEAD = cast(Table, AuditTreeHead.__table__)
 AUDIT_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
-AUDIT_COSIGNATURES = cast(Table, AuditCosignature.__table__)

@@ -1,14 +1,13 @@
-"""The audit log's Merkle tree, its signed checkpoints and witness cosignatures.
+"""The audit log's Merkle tree and its signed checkpoints.
 
 - ``audit_events`` gains the actor's authentication strength and a link to an
   approval (both part of the event's canonical encoding).
 - ``audit_tree`` stores every complete subtree hash, so any inclusion or
   consistency proof needs O(log n) lookups; ``audit_tree_head`` says how many
   events the stored tree covers and only grows.
-- ``audit_checkpoints`` keeps every checkpoint the log signed;
-  ``audit_cosignatures`` the witnesses' cosignatures on them.
+- ``audit_checkpoints`` keeps every checkpoint the log signed.
 
-All four are append-only (triggers refuse UPDATE and DELETE; the tree head
+All three are append-only (triggers refuse UPDATE and DELETE; the tree head
 refuses a decrease).
 
 Revision ID: 0003
@@ -33,7 +32,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-_APPEND_ONLY = ("audit_tree", "audit_checkpoints", "audit_cosignatures")
+_APPEND_ONLY = ("audit_tree", "audit_checkpoints")
 _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -58,14 +57,6 @@ def upgrade() -> None:
         sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("size", name=op.f("pk_audit_checkpoints")),
     )
-    op.create_table(
-        "audit_cosignatures",
-        sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("witness", sa.String(length=128), nullable=False),
-        sa.Column("line", sa.String(length=512), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("size", "witness", name=op.f("pk_audit_cosignatures")),
-    )
     forbid_rewrites(_APPEND_ONLY)
     only_grows("audit_tree_head")
 
@@ -73,7 +64,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     allow_rewrites(_APPEND_ONLY, drop_function=False)
     drop_only_grows("audit_tree_head")
-    for table in ("audit_cosignatures", "audit_checkpoints", "audit_tree_head", "audit_tree"):
+    for table in ("audit_checkpoints", "audit_tree_head", "audit_tree"):
         op.drop_table(table)
     with op.batch_alter_table("audit_events") as batch_op:
         batch_op.drop_column("approval_id")
