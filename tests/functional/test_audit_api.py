@@ -5,13 +5,17 @@ a witness that cosigns."""
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ocsf_schema import assert_valid
 from qustody.audit.events import event_leaf_hash
 from qustody.audit.merkle import verify_consistency, verify_inclusion
 from qustody.audit.note import Checkpoint, Verifier, open_note
@@ -222,3 +226,67 @@ def test_a_witness_cosigns_as_the_log_grows(
         "--fetch-proofs",
     )
     assert compared.returncode == 0, compared.stderr
+
+
+def test_an_ocsf_export_validates_against_the_published_schema(
+    http: httpx.Client, gateway: Gateway, finished_job: str
+) -> None:
+    answer = http.get(
+        "/v1/audit/export",
+        params={"format": "ocsf"},
+        headers=auth(gateway.tenant_admin_token),
+    )
+    assert answer.status_code == 200
+    events = [json.loads(line) for line in answer.text.splitlines()]
+    assert events
+    tenant = gateway.tenancy.tenant_admin.tenant_id
+    for event in events:
+        assert_valid(event)
+        assert event["metadata"]["tenant_uid"] == tenant
+    assert {e["unmapped"]["event_type"] for e in events} >= {"job:submit", "job:complete"}
+
+
+def test_the_siem_command_sends_one_tenants_events(gateway: Gateway, finished_job: str) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    received = bytearray()
+
+    def receive() -> None:
+        connection, _ = server.accept()
+        with connection:
+            while chunk := connection.recv(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    tenant = gateway.tenancy.tenant_admin.tenant_id
+    sent = _cli(
+        gateway,
+        None,
+        "audit",
+        "siem",
+        "--no-tls",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(server.getsockname()[1]),
+        "--tenant",
+        tenant,
+    )
+    reader.join(30)
+    server.close()
+    assert sent.returncode == 0, sent.stderr
+    last_seq = int(sent.stdout.split()[-1])
+    frames = []
+    buffer = bytes(received)
+    while buffer:
+        length, _, rest = buffer.partition(b" ")
+        frames.append(rest[: int(length)])
+        buffer = rest[int(length) :]
+    assert frames
+    for message in frames:
+        assert message.startswith(b"<")
+        assert f'tenant="{tenant}"'.encode() in message
+    ocsf_events = [json.loads(m[m.index(b"] {") + 2 :]) for m in frames]
+    assert ocsf_events[-1]["metadata"]["uid"] == str(last_seq)
+    for event in ocsf_events:
+        assert_valid(event)

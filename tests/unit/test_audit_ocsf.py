@@ -1,12 +1,5 @@
 """Audit events as OCSF: every event type has a class, and every emitted event
-validates against the JSON Schema of its class.
-
-The schemas are not written here. ``ocsf-json-schema`` (a dev dependency, MIT)
-ships the OCSF project's own schema exports (``schema.ocsf.io/<version>/export/
-schema``, Apache-2.0) and turns a class of an export into a Draft 2020-12
-JSON Schema, with the objects it references embedded and the profiles an
-event declares applied; ``jsonschema`` validates against it.
-"""
+validates against the JSON Schema of its class (see ``ocsf_schema``)."""
 
 from __future__ import annotations
 
@@ -15,14 +8,10 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
-from functools import cache
-from importlib.resources import files
-from typing import Any
 
-import jsonschema
 import pytest
-from ocsf_json_schema import OcsfJsonSchemaEmbedded, load_ocsf_schema_json
 
+from ocsf_schema import assert_valid, published_schema
 from qustody.audit import ocsf
 from qustody.audit.events import FIELDS, utc_text
 from qustody.audit.ocsf import (
@@ -42,41 +31,6 @@ from qustody.domain.vocabulary import Action
 
 AT = datetime(2026, 11, 21, 22, 37, 29, 123456, tzinfo=UTC)
 VERSION = "0.1.0"
-
-# -- the published schema -------------------------------------------------------------
-
-
-@cache
-def _export() -> dict[str, Any]:
-    """The OCSF project's schema export for :data:`OCSF_VERSION`, read as JSON (never pickle)."""
-    path = files("ocsf_json_schema") / "ocsf" / f"{OCSF_VERSION}.json"
-    export: dict[str, Any] = load_ocsf_schema_json(str(path))
-    assert export["version"] == OCSF_VERSION
-    return export
-
-
-@cache
-def _validator(class_uid: int, profiles: tuple[str, ...]) -> jsonschema.Draft202012Validator:
-    schemas = OcsfJsonSchemaEmbedded(_export())
-    schema = schemas.get_class_schema(schemas.lookup_class_name_from_uid(class_uid), list(profiles))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
-
-
-def assert_valid(event: Mapping[str, Any]) -> None:
-    """``event`` validates against its class, with the profiles it declares."""
-    profiles = tuple(sorted(event["metadata"].get("profiles", ())))
-    validator = _validator(event["class_uid"], profiles)
-    problems = [
-        f"{'/'.join(map(str, e.absolute_path)) or '<event>'}: {e.message}"
-        for e in validator.iter_errors(event)
-    ]
-    assert not problems, problems
-    # What the JSON Schema cannot say: the derived ids agree.
-    assert event["type_uid"] == event["class_uid"] * 100 + event["activity_id"]
-    klass = next(c for c in CLASSES if c.uid == event["class_uid"])
-    assert event["category_uid"] == klass.category_uid
-
 
 # -- events ---------------------------------------------------------------------------
 
@@ -202,7 +156,7 @@ def test_rule_table(event_type: str, class_uid: int, activity_id: int) -> None:
 
 
 def test_class_and_activity_captions_are_the_schemas() -> None:
-    by_uid = {c["uid"]: c for c in _export()["classes"].values()}
+    by_uid = {c["uid"]: c for c in published_schema()["classes"].values()}
     for klass in CLASSES:
         published = by_uid[klass.uid]
         assert published["caption"] == klass.name

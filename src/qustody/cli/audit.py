@@ -126,15 +126,23 @@ def verify(
     show_default=True,
     help="Your tenant's events with proofs, or the whole log (platform admins).",
 )
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["qustody", "ocsf"]),
+    default="qustody",
+    show_default=True,
+    help="For `qustody audit verify`, or OCSF events for a SIEM.",
+)
 @click.pass_obj
-def export(ctx: Gateway, out: Path | None, scope: str) -> None:
-    """Download an export (JSON Lines) for `qustody audit verify`."""
+def export(ctx: Gateway, out: Path | None, scope: str, form: str) -> None:
+    """Download an export (JSON Lines); without --out, stream it to stdout."""
     with ctx.client() as client:
         if out is None:
-            client.audit_export(sys.stdout.buffer, scope=scope)
+            client.audit_export(sys.stdout.buffer, scope=scope, form=form)
             return
         with out.open("wb") as handle:
-            written = client.audit_export(handle, scope=scope)
+            written = client.audit_export(handle, scope=scope, form=form)
     click.echo(f"{written} bytes written to {out}", err=True)
 
 
@@ -234,3 +242,62 @@ def compare_command(
     if conflicts:
         sys.exit(2)
     click.echo(f"consistent: {len(texts)} checkpoints")
+
+
+@audit.command()
+@click.option("--host", required=True, help="The SIEM's syslog receiver.")
+@click.option("--port", type=int, default=6514, show_default=True)
+@click.option("--tls/--no-tls", default=True, show_default=True, help="RFC 5425 TLS, verified.")
+@click.option(
+    "--ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CA bundle that signed the SIEM's certificate (default: the system's).",
+)
+@click.option("--tenant", "tenant_id", default=None, help="Only this tenant's events (its id).")
+@click.option("--after", type=int, default=0, show_default=True, help="Send events after this seq.")
+@click.option("--follow", is_flag=True, help="Keep sending new events as they are recorded.")
+@click.option("--interval", type=float, default=2.0, show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def siem(
+    host: str,
+    port: int,
+    tls: bool,
+    ca: Path | None,
+    tenant_id: str | None,
+    after: int,
+    follow: bool,
+    interval: float,
+    data_dir: Path | None,
+) -> None:
+    """Send audit events from this gateway's database to a SIEM: RFC 5424
+    syslog carrying OCSF, over TLS (or TCP). Prints the last seq sent, to
+    resume from with --after."""
+    import ssl
+
+    from qustody import __version__
+    from qustody.audit.export import events_with_leaves
+    from qustody.audit.siem import SyslogSender
+    from qustody.settings import load_settings
+    from qustody.storage.db import Database
+
+    settings = load_settings(None, **({"data_dir": data_dir} if data_dir else {}))
+    context: bool | ssl.SSLContext = False
+    if tls:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    db = Database(settings.resolved_database_url)
+    try:
+        with SyslogSender(
+            host, port, tls=context, tenant_id=tenant_id, product_version=__version__
+        ) as sender:
+            while True:
+                rows = list(events_with_leaves(db, tenant_id=tenant_id, upto=2**62, after=after))
+                if rows:
+                    sender.send(row._mapping for row in rows)
+                    after = rows[-1].seq
+                    click.echo(after)
+                if not follow:
+                    return
+                time.sleep(interval)
+    finally:
+        db.dispose()

@@ -394,12 +394,13 @@ class Client:
             raise QustodyProtocolError("GET /v1/audit/events answered without a JSON object")
         return page
 
-    def audit_export(self, out: BinaryIO, *, scope: str = "tenant") -> int:
-        """Stream an export (JSON Lines) for ``qustody audit verify`` into ``out``;
-        returns the number of bytes written."""
+    def audit_export(self, out: BinaryIO, *, scope: str = "tenant", form: str = "qustody") -> int:
+        """Stream an export (JSON Lines) into ``out``: ``form`` ``qustody`` for
+        ``qustody audit verify``, ``ocsf`` for a SIEM. Returns the bytes written."""
         written = 0
+        params = {"scope": scope, "format": form}
         try:
-            with self._http.stream("GET", "/audit/export", params={"scope": scope}) as response:
+            with self._http.stream("GET", "/audit/export", params=params) as response:
                 if not response.is_success:
                     response.read()
                     raise _error_of(response)

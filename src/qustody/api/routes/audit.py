@@ -17,10 +17,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
+from qustody import __version__
 from qustody.api import schemas
 from qustody.api.auth import CallerDep
 from qustody.api.routes.common import PUBLIC, secured
 from qustody.api.state import services_of
+from qustody.audit import ocsf
 from qustody.audit.export import Record
 from qustody.audit.log import proof_text
 from qustody.domain.errors import NotFound
@@ -146,15 +148,25 @@ def export(
     caller: CallerDep,
     request: Request,
     scope: Literal["tenant", "platform"] = "tenant",
+    form: Annotated[Literal["qustody", "ocsf"], Query(alias="format")] = "qustody",
 ) -> StreamingResponse:
-    """An export for ``qustody audit verify`` (JSON Lines): your tenant's events
-    with proofs, or, for platform admins, the whole log."""
+    """An export as JSON Lines: for ``qustody audit verify`` (events, leaves,
+    proofs and checkpoints), or as OCSF events for a SIEM. Your tenant's
+    events, or, for platform admins, the whole log."""
     records = services_of(request).audit.export(
         caller.principal, caller.request, whole_log=scope == "platform"
     )
-    return StreamingResponse(_lines(records), media_type="application/jsonl")
+    lines = _ocsf_lines(records) if form == "ocsf" else _lines(records)
+    return StreamingResponse(lines, media_type="application/jsonl")
 
 
 def _lines(records: Iterator[Record]) -> Iterator[bytes]:
     for item in records:
         yield json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+
+def _ocsf_lines(records: Iterator[Record]) -> Iterator[bytes]:
+    for item in records:
+        if item["type"] == "event":
+            yield ocsf.dumps(ocsf.to_ocsf(item["event"], product_version=__version__)).encode()
+            yield b"\n"
