@@ -5,9 +5,9 @@
   the time to build and check an inclusion proof and a consistency proof.
   Goals: >= 200,000 events/s verified; an inclusion proof < 1 ms.
 
-This measures the tree itself: the stored log, its signed checkpoints and the
-``qustody audit verify`` command are built on it next (issue 4), and their
-figures will join these.
+This measures the tree itself, in memory; the stored log (integration,
+checkpoints, proofs from the database, export and ``qustody audit verify``) is
+the ``auditlog`` benchmark in ``benchmarks/micro.py``.
 """
 
 from __future__ import annotations

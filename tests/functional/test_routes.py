@@ -57,9 +57,7 @@ def test_every_private_route_needs_a_token(
     http: httpx.Client, method: str, path: str, action: Action | None
 ) -> None:
     query = "?from=0&to=0" if path.endswith("/consistency") else ""
-    response = http.request(
-        method, _concrete(path) + query, json={} if method == "POST" else None
-    )
+    response = http.request(method, _concrete(path) + query, json={} if method == "POST" else None)
     if action is None:
         # 404: no checkpoint signed yet (the first comes a few seconds after start).
         assert response.status_code in (200, 503, 404), response.text

@@ -53,7 +53,7 @@ def test_database_benchmarks(
 
 
 def test_every_benchmark_is_exported() -> None:
-    assert set(BENCHMARKS) == {"policy", "encryption", "audit", "growth"}
+    assert set(BENCHMARKS) == {"policy", "encryption", "audit", "auditlog", "growth"}
 
 
 def test_tenant_policies_validate_and_the_mix_conforms_to_the_schema() -> None:
