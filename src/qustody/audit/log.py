@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from qustody.audit.events import EventFields, as_utc, event_leaf_hash
@@ -66,9 +66,12 @@ _LOOKUP_CHUNK = 400
 
 _TREE_SIZE = select(AUDIT_TREE_HEAD.c.size).where(AUDIT_TREE_HEAD.c.id == 1)
 _INSERT_NODES = insert(AUDIT_TREE)
-# One level at a time: ``level = ? AND idx IN (...)`` uses the primary key on
-# both databases (SQLite scans the table for a row-value IN), and the one
-# statement shape is compiled once.
+# PostgreSQL looks up ``(level, idx) IN (...)`` on the primary key in one
+# round trip; SQLite scans the table for a row-value IN, so there it is one
+# level at a time, ``level = ? AND idx IN (...)``. Each shape compiles once.
+_NODES_BY_KEY = select(AUDIT_TREE.c.level, AUDIT_TREE.c.idx, AUDIT_TREE.c.hash).where(
+    tuple_(AUDIT_TREE.c.level, AUDIT_TREE.c.idx).in_(bindparam("keys", expanding=True))
+)
 _NODES = select(AUDIT_TREE.c.idx, AUDIT_TREE.c.hash).where(
     AUDIT_TREE.c.level == bindparam("level"),
     AUDIT_TREE.c.idx.in_(bindparam("indexes", expanding=True)),
@@ -388,10 +391,17 @@ def _with_nodes(connection: Connection, compute: Callable[[Node], T]) -> T:
 def _fetch_nodes(
     connection: Connection, keys: Iterable[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
-    by_level: dict[int, list[int]] = {}
-    for level, index in sorted(set(keys)):
-        by_level.setdefault(level, []).append(index)
+    wanted = sorted(set(keys))
     found: dict[tuple[int, int], bytes] = {}
+    if connection.dialect.name == "postgresql":  # one round trip on the primary key
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            keys = wanted[start : start + _LOOKUP_CHUNK]
+            for level, index, value in connection.execute(_NODES_BY_KEY, {"keys": keys}):
+                found[(int(level), int(index))] = bytes(value)
+        return found
+    by_level: dict[int, list[int]] = {}
+    for level, index in wanted:
+        by_level.setdefault(level, []).append(index)
     for level, indexes in by_level.items():
         for start in range(0, len(indexes), _LOOKUP_CHUNK):
             chunk = indexes[start : start + _LOOKUP_CHUNK]
