@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import logging
-import os
-import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +44,7 @@ from qustody.audit.merkle import (
     subtree_hash,
 )
 from qustody.audit.note import Checkpoint, Signer, Verifier, sign
+from qustody.crypto.files import check_private, create_private
 from qustody.domain.errors import ConfigurationError, InvalidRequest
 from qustody.storage.db import Database
 from qustody.storage.models import (
@@ -119,16 +117,9 @@ def load_log_signer(
                 "`qustody audit keygen --origin <origin> --out <file>` (readable only "
                 "by the gateway)."
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        signer = Signer.generate(name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(signer.encode() + "\n")
-        return signer
-    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigurationError(
-            f"audit log signing key file {path} is readable by other users; chmod 600 it."
-        )
+        # Racing processes agree on one key: the first file created stands.
+        create_private(path, (Signer.generate(name).encode() + "\n").encode())
+    check_private(path, "audit log signing key file")
     signer = Signer.parse(path.read_text().strip())
     if origin is not None and signer.name != origin:
         raise ConfigurationError(
@@ -308,13 +299,6 @@ class AuditLog:
                 "size of a published checkpoint (GET /v1/audit/checkpoint)."
             )
 
-    def leaves(self, seqs: Iterable[int]) -> dict[int, bytes]:
-        """The stored leaf hash of each event ``seq`` the tree covers."""
-        wanted = [(0, seq - 1) for seq in seqs]
-        with self._db.reading() as connection:
-            nodes = _fetch_nodes(connection, wanted)
-        return {index + 1: value for (_, index), value in nodes.items()}
-
 
 class Checkpointer:
     """A thread that signs a checkpoint every ``interval`` seconds while the log grows.
@@ -339,17 +323,19 @@ class Checkpointer:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        with contextlib.suppress(Exception):
-            self._log.checkpoint()  # what was recorded up to now, signed before leaving
+        self._round()  # what was recorded up to now, signed before leaving
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            try:
-                self._log.checkpoint()
-            except AuditLogError as exc:  # its message names seqs and nodes, no content
-                logger.error("audit log: %s", exc)
-            except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
-                logger.warning("audit checkpoint failed: %s", type(exc).__name__)
+            self._round()
+
+    def _round(self) -> None:
+        try:
+            self._log.checkpoint()
+        except AuditLogError as exc:  # its message names seqs and nodes, no content
+            logger.error("audit log: %s", exc)
+        except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
+            logger.warning("audit checkpoint failed: %s", type(exc).__name__)
 
 
 _CHECKPOINT_COLUMNS = (

@@ -71,6 +71,7 @@ from qustody.audit.note import (
     open_note,
     split,
 )
+from qustody.crypto.files import replace_atomically
 from qustody.domain.errors import ConfigurationError, QustodyError
 
 STATE_FILE = "checkpoint.note"
@@ -326,35 +327,6 @@ class Accepted:
         return self.checkpoint.root_hash
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(path: Path, content: bytes) -> None:
-    """Write a 0600 temporary file beside ``path``, fsync it, rename it over
-    ``path`` and fsync the directory: readers see the old file or the new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class Witness:
     """A witness of one log, keeping its state in ``state_dir``.
 
@@ -497,7 +469,7 @@ class Witness:
             log_signature = next(s for s in opened.signatures if _same_key(s, self._log))
             cosignature = cosign(opened.text, self._signer, timestamp)
             cosigned = f"{opened.text}\n{log_signature.line()}{cosignature.line()}"
-            _replace_atomically(self.state_file, cosigned.encode())
+            replace_atomically(self.state_file, cosigned.encode())
         return cosigned
 
     def _check_history(

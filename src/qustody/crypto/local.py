@@ -61,6 +61,7 @@ from qustody.crypto.errors import (
     KeyUnavailable,
     MasterKeyMismatch,
 )
+from qustody.crypto.files import check_private, create_private, replace_atomically
 from qustody.crypto.interfaces import KeyMaterial
 from qustody.domain.errors import ConfigurationError, InsecureDevelopmentWarning
 from qustody.domain.ids import TenantId
@@ -105,51 +106,6 @@ def _hkdf(master: KeyMaterial, info: bytes) -> bytes:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, content: bytes) -> Path:
-    """Write ``content`` to a fresh 0600 temporary file next to ``path``,
-    fsynced; return the temporary path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _atomic_replace(path: Path, content: bytes) -> None:
-    tmp = _write_new_file(path, content)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _check_private(path: Path, what: str) -> None:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise ConfigurationError(
-            f"{what} {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
-        )
-
-
 def _read_or_create_master_key_file(path: Path, *, create: bool) -> KeyMaterial:
     """Read the master key file; when it is missing and ``create`` is set,
     create it (0600) with a fresh random key. Creation is atomic
@@ -160,17 +116,9 @@ def _read_or_create_master_key_file(path: Path, *, create: bool) -> KeyMaterial:
                 f"master key file {path} does not exist; set {MASTER_KEY_ENV} or restore "
                 "the file from backup"
             )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        encoded = base64.urlsafe_b64encode(os.urandom(KEY_BYTES)) + b"\n"
-        tmp = _write_new_file(path, encoded)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process won the race; use its key
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-    _check_private(path, "master key file")
+        # Racing processes agree on one key: the first file created stands.
+        create_private(path, base64.urlsafe_b64encode(os.urandom(KEY_BYTES)) + b"\n")
+    check_private(path, "master key file")
     return parse_master_key(path.read_text("ascii"), source=f"master key file {path}")
 
 
@@ -369,7 +317,7 @@ class LocalKeyring:
         self._stamp = stamp
 
     def _store(self, tenants: dict[str, _TenantKeys]) -> None:
-        _atomic_replace(self._path, self._encode(tenants))
+        replace_atomically(self._path, self._encode(tenants))
         self._tenants = tenants
         self._stamp = _stamp(os.stat(self._path))
 

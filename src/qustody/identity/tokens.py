@@ -13,10 +13,8 @@ token or its claims.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,7 @@ from joserfc.jwk import OKPKey
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from qustody.crypto.files import check_private, create_private
 from qustody.domain.errors import ConfigurationError
 from qustody.domain.ids import PrincipalId, ProjectId, TenantId
 from qustody.domain.models import Principal
@@ -95,16 +94,9 @@ class SigningKey:
                     f"token signing key file {path} does not exist; create an Ed25519 "
                     "private key (PEM) there, readable only by the gateway."
                 )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            key = OKPKey.generate_key("Ed25519")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key.as_pem(private=True))
-            return cls(key)
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigurationError(
-                f"token signing key file {path} is readable by other users; chmod 600 it."
-            )
+            # Racing processes agree on one key: the first file created stands.
+            create_private(path, OKPKey.generate_key("Ed25519").as_pem(private=True))
+        check_private(path, "token signing key file")
         return cls(OKPKey.import_key(path.read_bytes()))
 
 
