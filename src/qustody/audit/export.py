@@ -8,10 +8,11 @@ An export is JSON Lines, one record per line, each with a ``type``:
 - ``event``: an event's fields (exactly those its canonical encoding covers)
   and ``leaf``, the leaf hash the log's tree recorded for it when it was
   integrated (base64). In a tenant export each event also carries ``proof``:
-  its inclusion proof in the tree of the export's last checkpoint.
-- ``checkpoint``: a signed checkpoint note, placed right after the event it
-  ends with (platform exports carry every checkpoint; tenant exports the
-  last one).
+  its inclusion proof in the tree of the export's checkpoint.
+- ``checkpoint``: a signed checkpoint note. A platform export carries every
+  checkpoint, each right after the event it ends with; a tenant export its
+  one checkpoint right after the header, before the events it proves. Either
+  way the verifier reads the export once, front to back.
 
 A platform export lists events ``1..n`` with no gaps, so the verifier can
 rebuild the whole tree; a tenant export cannot (other tenants' events are
@@ -118,6 +119,7 @@ def _platform_records(db: Database, log: AuditLog, latest: StoredCheckpoint) -> 
 def _tenant_records(
     db: Database, log: AuditLog, latest: StoredCheckpoint, tenant_id: str
 ) -> Iterator[Record]:
+    yield checkpoint_record(latest)
     page: list[Any] = []
 
     def flush() -> Iterator[Record]:
@@ -133,7 +135,6 @@ def _tenant_records(
         if len(page) == 200:
             yield from flush()
     yield from flush()
-    yield checkpoint_record(latest)
 
 
 def checkpoint_record(checkpoint: StoredCheckpoint) -> Record:

@@ -107,31 +107,37 @@ def verify_export(
     ``witness_keys`` each must also carry a valid cosignature of one of them.
     """
     report = Report()
-    records = list(_records(lines, report))
-    if not records:
+    records = iter(_records(lines, report))
+    first = next(records, None)
+    if first is None:
         return report
-    _, header = records[0]
+    header = first[1]
     if header.get("type") != "log" or header.get("format") != EXPORT_FORMAT:
         report.add(Problem("format", f"the export does not start with a {EXPORT_FORMAT} header", 1))
         return report
     report.scope = str(header.get("scope"))
-    signed: list[_Signed] = []
-    for number, record in records:
-        if record.get("type") == "checkpoint":
-            checkpoint = _open(str(record.get("note", "")), log_key, (), report, number)
-            if checkpoint is not None:
-                signed.append(_Signed(checkpoint.size, checkpoint.root_hash, number, "export"))
+    check: _PlatformCheck | _TenantCheck = (
+        _TenantCheck(report) if report.scope == "tenant" else _PlatformCheck(report)
+    )
     for index, note in enumerate(held, 1):
         checkpoint = _open(note, log_key, witness_keys, report, None, f"held checkpoint {index}")
         if checkpoint is not None:
-            signed.append(_Signed(checkpoint.size, checkpoint.root_hash, None, f"held {index}"))
-    report.checkpoints = len(signed)
-    _same_size_same_root(signed, report)
-    events = [(n, r) for n, r in records if r.get("type") == "event"]
-    if report.scope == "tenant":
-        _verify_tenant(events, signed, report)
-    else:
-        _verify_platform(events, signed, report)
+            check.signed(_Signed(checkpoint.size, checkpoint.root_hash, None, f"held {index}"))
+    try:
+        for number, record in records:
+            kind = record.get("type")
+            if kind == "checkpoint":
+                checkpoint = _open(str(record.get("note", "")), log_key, (), report, number)
+                if checkpoint is not None:
+                    check.signed(_Signed(checkpoint.size, checkpoint.root_hash, number, "export"))
+            elif kind == "event":
+                check.event(number, record)
+            else:
+                report.add(Problem("format", f"a record of unknown type {kind!r}", number))
+                raise _Stop
+    except _Stop:
+        return report
+    check.finish()
     return report
 
 
@@ -180,19 +186,28 @@ def _open(
     return checkpoint
 
 
-def _same_size_same_root(signed: Sequence[_Signed], report: Report) -> None:
-    seen: dict[int, _Signed] = {}
-    for checkpoint in signed:
-        other = seen.setdefault(checkpoint.size, checkpoint)
-        if other.root != checkpoint.root:
-            report.add(
-                Problem(
-                    "fork",
-                    f"two checkpoints of size {checkpoint.size} with different roots "
-                    f"({other.source} and {checkpoint.source}): the log signed two histories",
-                    checkpoint.line or other.line,
-                )
+class _Checkpoints:
+    """The signed checkpoints seen so far, by size; two roots for one size is a fork."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.by_size: dict[int, _Signed] = {}
+
+    def add(self, checkpoint: _Signed) -> bool:
+        """Record ``checkpoint``; False when it contradicts one already seen."""
+        self.report.checkpoints += 1
+        other = self.by_size.setdefault(checkpoint.size, checkpoint)
+        if other.root == checkpoint.root:
+            return True
+        self.report.add(
+            Problem(
+                "fork",
+                f"two checkpoints of size {checkpoint.size} with different roots "
+                f"({other.source} and {checkpoint.source}): the log signed two histories",
+                checkpoint.line or other.line,
             )
+        )
+        return False
 
 
 def _event_fields(record: Mapping[str, Any], report: Report, line: int) -> Mapping[str, Any]:
@@ -207,12 +222,12 @@ def _event_fields(record: Mapping[str, Any], report: Report, line: int) -> Mappi
     return event
 
 
-def _leaf(fields: Mapping[str, Any], report: Report, line: int) -> bytes | None:
+def _leaf(fields: Mapping[str, Any], report: Report, line: int) -> bytes:
     try:
         return event_leaf_hash(fields)
     except EventEncodingError as error:
         report.add(Problem("format", f"the event cannot be encoded: {error}", line, fields["seq"]))
-        return None
+        raise _Stop from None
 
 
 def _recorded(record: Mapping[str, Any]) -> bytes | None:
@@ -226,92 +241,121 @@ def _recorded(record: Mapping[str, Any]) -> bytes | None:
     return leaf if len(leaf) == HASH_SIZE else None
 
 
-def _verify_platform(
-    events: Sequence[tuple[int, Mapping[str, Any]]], signed: Sequence[_Signed], report: Report
-) -> None:
-    by_size: dict[int, list[_Signed]] = {}
-    for checkpoint in signed:
-        by_size.setdefault(checkpoint.size, []).append(checkpoint)
-    computed = Frontier(0, _no_node)  # the tree of the events' fields
-    # The tree of the leaves the log recorded: the same as ``computed`` until
-    # the first event that does not hash to its recorded leaf, kept apart from there.
-    recorded: Frontier | None = None
-    recorded_intact = True
-    first_mismatch: tuple[int, int] | None = None  # (line, seq) of the first differing leaf
-    last_good = 0
-    try:
-        for line, record in events:
-            fields = _event_fields(record, report, line)
-            expected = computed.size + 1
-            if fields["seq"] != expected:
-                report.add(
-                    Problem(
-                        "sequence",
-                        f"event {fields['seq']} where event {expected} was expected: an event "
-                        "is missing, inserted or out of order here",
-                        line,
-                        fields["seq"],
-                    )
+class _PlatformCheck:
+    """Rebuilds the whole tree from the events, one at a time, checking each
+    signed root when the tree reaches its size."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.known = _Checkpoints(report)
+        #: Checkpoints of sizes the tree has not reached yet (held ones, mostly).
+        self.pending: dict[int, list[_Signed]] = {}
+        self.computed = Frontier(0, _no_node)  # the tree of the events' fields
+        # The tree of the leaves the log recorded: the same as ``computed`` until
+        # the first event that does not hash to its recorded leaf, kept apart from there.
+        self.recorded: Frontier | None = None
+        self.recorded_intact = True
+        self.first_mismatch: tuple[int, int] | None = None  # (line, seq)
+        self.last_good = 0
+        self.last_line: int | None = None
+        #: Set once the damage is located: later events are not checked, but
+        #: later checkpoints still are (against each other: forks).
+        self.located = False
+
+    def signed(self, checkpoint: _Signed) -> None:
+        self.known.add(checkpoint)
+        size = self.computed.size
+        if self.located:
+            return
+        if checkpoint.size > size:
+            self.pending.setdefault(checkpoint.size, []).append(checkpoint)
+        elif checkpoint.size == size:
+            self._check([checkpoint])
+        else:
+            self.report.add(
+                Problem(
+                    "format",
+                    f"the checkpoint of size {checkpoint.size} comes after event {size}; an "
+                    "export places each checkpoint right after the event it ends with",
+                    checkpoint.line,
                 )
-                raise _Stop
-            leaf = _leaf(fields, report, line)
-            if leaf is None:
-                raise _Stop
-            stored = _recorded(record)
-            if stored is None:
-                recorded_intact = False
-            elif stored != leaf and first_mismatch is None:
-                first_mismatch = (line, expected)
-                recorded = computed.copy()
-            computed.append(leaf)
-            if recorded is not None and recorded_intact and stored is not None:
-                recorded.append(stored)
-            report.events += 1
-            bad = _mismatch(computed, by_size)
-            if bad is None:
-                if computed.size in by_size:
-                    last_good = computed.size
-                continue
-            recorded_root = (recorded or computed).root() if recorded_intact else None
-            _locate(bad, last_good, first_mismatch, recorded_root == bad.root, report)
+            )
             raise _Stop
-    except _Stop:
-        return
-    report.verified_size = max((s.size for s in signed if s.size <= computed.size), default=0)
-    beyond = sorted({s.size for s in signed if s.size > computed.size})
-    if beyond:
-        report.add(
-            Problem(
-                "truncated",
-                f"the export ends at event {computed.size}, but a checkpoint of size "
-                f"{beyond[-1]} was signed: events {computed.size + 1}..{beyond[-1]} are missing",
-                events[-1][0] if events else None,
-                computed.size + 1,
+
+    def event(self, line: int, record: Mapping[str, Any]) -> None:
+        if self.located:
+            return
+        report = self.report
+        fields = _event_fields(record, report, line)
+        expected = self.computed.size + 1
+        if fields["seq"] != expected:
+            report.add(
+                Problem(
+                    "sequence",
+                    f"event {fields['seq']} where event {expected} was expected: an event "
+                    "is missing, inserted or out of order here",
+                    line,
+                    fields["seq"],
+                )
             )
-        )
-    elif first_mismatch is not None:
-        line, seq = first_mismatch
-        report.add(
-            Problem(
-                "altered",
-                "the event's fields do not hash to the leaf the log recorded for it (not yet "
-                "covered by a checkpoint)",
-                line,
-                seq,
+            raise _Stop
+        leaf = _leaf(fields, report, line)
+        stored = _recorded(record)
+        if stored is None:
+            self.recorded_intact = False
+        elif stored != leaf and self.first_mismatch is None:
+            self.first_mismatch = (line, expected)
+            self.recorded = self.computed.copy()
+        self.computed.append(leaf)
+        if self.recorded is not None and self.recorded_intact and stored is not None:
+            self.recorded.append(stored)
+        report.events += 1
+        self.last_line = line
+        self._check(self.pending.pop(self.computed.size, []))
+
+    def _check(self, checkpoints: Sequence[_Signed]) -> None:
+        """Compare the tree, now of the checkpoints' size, with their signed roots."""
+        if not checkpoints:
+            return
+        root = self.computed.root()
+        bad = next((c for c in checkpoints if c.root != root), None)
+        if bad is None:
+            self.last_good = self.report.verified_size = self.computed.size
+            return
+        recorded_root = (self.recorded or self.computed).root() if self.recorded_intact else None
+        _locate(bad, self.last_good, self.first_mismatch, recorded_root == bad.root, self.report)
+        self.located = True
+
+    def finish(self) -> None:
+        size = self.computed.size
+        if self.located:
+            return
+        if self.pending:
+            beyond = max(self.pending)
+            self.report.add(
+                Problem(
+                    "truncated",
+                    f"the export ends at event {size}, but a checkpoint of size {beyond} was "
+                    f"signed: events {size + 1}..{beyond} are missing",
+                    self.last_line,
+                    size + 1,
+                )
             )
-        )
+        elif self.first_mismatch is not None:
+            line, seq = self.first_mismatch
+            self.report.add(
+                Problem(
+                    "altered",
+                    "the event's fields do not hash to the leaf the log recorded for it (not "
+                    "yet covered by a checkpoint)",
+                    line,
+                    seq,
+                )
+            )
 
 
 def _no_node(level: int, index: int) -> bytes:
     raise ProofError("an empty tree has no nodes")
-
-
-def _mismatch(tree: Frontier, by_size: Mapping[int, list[_Signed]]) -> _Signed | None:
-    """The first checkpoint of the tree's size whose root differs from the tree's, if any."""
-    for checkpoint in by_size.get(tree.size, ()):
-        if tree.root() != checkpoint.root:
-            return checkpoint
-    return None
 
 
 def _locate(
@@ -348,43 +392,56 @@ def _locate(
     )
 
 
-def _verify_tenant(
-    events: Sequence[tuple[int, Mapping[str, Any]]], signed: Sequence[_Signed], report: Report
-) -> None:
-    roots = {s.size: s.root for s in signed}
-    previous = 0
-    for line, record in events:
-        try:
-            fields = _event_fields(record, report, line)
-        except _Stop:
-            return
+class _TenantCheck:
+    """Checks each event by its inclusion proof under a checkpoint seen before it
+    (a tenant export puts its checkpoint first)."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        self.known = _Checkpoints(report)
+        self.previous = 0
+
+    def signed(self, checkpoint: _Signed) -> None:
+        self.known.add(checkpoint)
+
+    def event(self, line: int, record: Mapping[str, Any]) -> None:
+        report = self.report
+        fields = _event_fields(record, report, line)
         seq = fields["seq"]
-        if seq <= previous:
+        if seq <= self.previous:
             report.add(Problem("sequence", f"event {seq} is out of order", line, seq))
-            return
-        previous = seq
+            raise _Stop
+        self.previous = seq
         leaf = _leaf(fields, report, line)
         proof = record.get("proof")
-        if leaf is None:
-            return
-        if not isinstance(proof, dict) or proof.get("size") not in roots:
-            report.add(
-                Problem("proof", "the event has no inclusion proof under a checkpoint", line, seq)
-            )
-            continue
-        size = proof["size"]
-        try:
-            path = proof_bytes(list(proof.get("path") or []), "the inclusion proof")
-            verify_inclusion(seq - 1, size, leaf, path, roots[size])
-        except ProofError as error:
+        size = proof.get("size") if isinstance(proof, dict) else None
+        signed = self.known.by_size.get(size) if isinstance(size, int) else None
+        if not isinstance(proof, dict) or signed is None:
             report.add(
                 Problem(
-                    "altered",
-                    f"the event is not in the tree of checkpoint {size} as it stands: {error}",
+                    "proof",
+                    "the event has no inclusion proof under a checkpoint listed before it",
                     line,
                     seq,
                 )
             )
-            continue
+            return
+        try:
+            path = proof_bytes(list(proof.get("path") or []), "the inclusion proof")
+            verify_inclusion(seq - 1, signed.size, leaf, path, signed.root)
+        except ProofError as error:
+            report.add(
+                Problem(
+                    "altered",
+                    f"the event is not in the tree of checkpoint {signed.size} as it stands: "
+                    f"{error}",
+                    line,
+                    seq,
+                )
+            )
+            return
         report.events += 1
-        report.verified_size = max(report.verified_size, size)
+        report.verified_size = max(report.verified_size, signed.size)
+
+    def finish(self) -> None:
+        """Nothing more to check: each event was checked on its own."""
