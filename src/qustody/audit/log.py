@@ -259,7 +259,8 @@ class AuditLog:
             if not 1 <= seq <= size:
                 raise InvalidRequest(
                     f"event {seq} is not in a tree of {size} events; ask for a proof "
-                    "against a checkpoint at least as large as the event's seq."
+                    "against a checkpoint at least as large as the event's seq.",
+                    field="size",
                 )
         with self._db.reading() as connection:
             self._check_size(connection, size)
@@ -276,7 +277,8 @@ class AuditLog:
         if not 0 <= old <= new:
             raise InvalidRequest(
                 f"a consistency proof goes from a smaller tree to a larger one; "
-                f"from={old} and to={new} are not 0 <= from <= to."
+                f"from={old} and to={new} are not 0 <= from <= to.",
+                field="from",
             )
         with self._db.reading() as connection:
             self._check_size(connection, new)
@@ -296,7 +298,8 @@ class AuditLog:
         if size > tree:
             raise InvalidRequest(
                 f"the tree holds {tree} events so far; size={size} is beyond it. Use the "
-                "size of a published checkpoint (GET /v1/audit/checkpoint)."
+                "size of a published checkpoint (GET /v1/audit/checkpoint).",
+                field="size",
             )
 
 

@@ -71,7 +71,7 @@ class AuditReader:
             raise InvalidRequest(
                 f"limit is {query.limit}; it must be between 1 and {MAX_PAGE}. Page with "
                 "after=<the previous page's next>.",
-                extra={"field": "limit"},
+                field="limit",
             )
         checkpoint = self._log.latest_checkpoint()
         conditions = [AUDIT_EVENTS.c.tenant_id == caller.tenant_id]
@@ -121,7 +121,7 @@ class AuditReader:
             raise InvalidRequest(
                 f"event {seq} is not in the tree of checkpoint {checkpoint.size} yet; ask "
                 "again with a later checkpoint (one is signed every few seconds).",
-                extra={"field": "size"},
+                field="size",
             )
         self._record(caller, request, decision, f"proof seq={seq}")
         return events[0], checkpoint
