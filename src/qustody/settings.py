@@ -33,7 +33,17 @@ class Settings:
     database_url: str = ""
     #: Where the Ed25519 key that signs Qustody tokens lives (PEM, 0600).
     signing_key_file: Path | None = None
-    key_provider: Literal["local"] = "local"
+    #: ``local`` (a keyring file; development only) or ``pkcs11`` (an HSM).
+    key_provider: Literal["local", "pkcs11"] = "local"
+    #: The PKCS#11 library, the token's label, and a file (0600) holding the
+    #: user PIN (or ``QUSTODY_PKCS11_PIN``), for ``key_provider=pkcs11``.
+    pkcs11_module: str = ""
+    pkcs11_token_label: str = ""
+    pkcs11_pin_file: Path | None = None
+    #: JSON naming tenants' own HSM tokens (customer-managed keys).
+    customer_keys_file: Path | None = None
+    #: How long an unwrapped data key may stay cached in memory (0: never).
+    key_cache_seconds: float = 60.0
     keyring_file: Path | None = None
     master_key_file: Path | None = None
     issuer: str = "qustody"
@@ -113,6 +123,22 @@ class Settings:
                 f"QUSTODY_AUDIT_CHECKPOINT_SECONDS is {self.audit_checkpoint_seconds}; it "
                 "must be between 0.1 and 3600 (witnesses expect a checkpoint every few seconds)."
             )
+        if self.key_provider not in ("local", "pkcs11"):
+            raise ConfigurationError(
+                f"QUSTODY_KEY_PROVIDER is {self.key_provider!r}; use 'pkcs11' (an HSM) or "
+                "'local' (a keyring file, development only)."
+            )
+        if self.key_provider == "pkcs11" and not (self.pkcs11_module and self.pkcs11_token_label):
+            raise ConfigurationError(
+                "QUSTODY_KEY_PROVIDER=pkcs11 needs QUSTODY_PKCS11_MODULE (the PKCS#11 library) "
+                "and QUSTODY_PKCS11_TOKEN_LABEL (the token's label), and the user PIN in "
+                "QUSTODY_PKCS11_PIN_FILE or QUSTODY_PKCS11_PIN."
+            )
+        if not 0 <= self.key_cache_seconds <= 3600:
+            raise ConfigurationError(
+                f"QUSTODY_KEY_CACHE_SECONDS is {self.key_cache_seconds}; it must be between 0 "
+                "and 3600."
+            )
         if self.mode != "production":
             return
         if self.resolved_database_url.startswith("sqlite"):
@@ -135,7 +161,7 @@ _SANDBOX_KEYS = {
     "SANDBOX_WALL_SECONDS": "wall_seconds",
 }
 #: Variables read elsewhere (by the key provider, the CLI), not settings fields.
-_OTHER_KEYS = {"MASTER_KEY", "URL", "TOKEN"}
+_OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN"}
 
 
 def _convert(raw: str, current: object, name: str) -> object:

@@ -81,9 +81,9 @@ def test_payloads_are_stored_only_encrypted(tenancy: Tenancy, worker: Worker) ->
         audit = session.scalars(select(m.AuditEvent)).all()
     assert {s.field for s in sealed} == {"circuit", "result"}
     for blob in sealed:
-        assert b"secretname" not in blob.envelope
-        assert b"OPENQASM" not in blob.envelope
-        assert b"counts" not in blob.envelope
+        assert b"secretname" not in blob.body
+        assert b"OPENQASM" not in blob.body
+        assert b"counts" not in blob.body
     dumped = json.dumps(
         [{c.name: str(getattr(e, c.name)) for c in m.AuditEvent.__table__.columns} for e in audit]
     )
@@ -165,7 +165,7 @@ def test_a_failed_execution_fails_the_job_not_the_worker(tenancy: Tenancy) -> No
     runtime = tenancy.runtime
     sandbox = Sandbox(SandboxLimits(wall_seconds=0.5), registry=runtime.services.registry)
     worker = Worker(
-        runtime.services.db, runtime.envelope, sandbox, runtime.notifier, lease_seconds=30
+        runtime.services.db, runtime.keys, sandbox, runtime.notifier, lease_seconds=30
     )
     slow = slow_qasm2(22, 1500)
     try:

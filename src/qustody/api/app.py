@@ -29,8 +29,6 @@ from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
 from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
 from qustody.audit.recorder import Actor, Target, record
-from qustody.crypto.envelope import Envelope
-from qustody.crypto.local import LocalKeyring
 from qustody.domain.errors import InsecureDevelopmentWarning
 from qustody.domain.ids import new_request_id
 from qustody.domain.vocabulary import Action
@@ -42,6 +40,8 @@ from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_c
 from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
+from qustody.keys.config import open_key_service
+from qustody.keys.service import KeyService
 from qustody.policy.audit_reader import AuditReader
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.guard import Guard
@@ -57,7 +57,7 @@ class Runtime:
     """Everything a process built from settings owns, for orderly shutdown."""
 
     services: Services
-    envelope: Envelope
+    keys: KeyService
     notifier: Notifier
 
     def make_checkpointer(self) -> Checkpointer:
@@ -77,7 +77,7 @@ class Runtime:
         )
         worker = Worker(
             self.services.db,
-            self.envelope,
+            self.keys,
             sandbox,
             self.notifier,
             slots=slots or settings.worker_slots,
@@ -97,12 +97,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(settings.resolved_database_url)
     db.migrate()
-    keyring = LocalKeyring.open_or_create(
-        settings.resolved_keyring_file,
-        master_key_file=settings.resolved_master_key_file,
-        production=not development,
-    )
-    envelope = Envelope(keyring)
+    keys = open_key_service(settings, db)
     tokens = TokenService(
         db,
         SigningKey.load(settings.resolved_signing_key_file, create=development),
@@ -111,7 +106,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         max_ttl_seconds=settings.token_max_ttl_seconds,
     )
     guard = Guard(CedarPolicyEngine(), db)
-    admin_service = AdminService(db, guard, tokens, keyring)
+    admin_service = AdminService(db, guard, tokens)
     registry = default_registry()
     notifier = notifier_for(
         settings.resolved_database_url, listen=listen, data_dir=settings.data_dir
@@ -119,7 +114,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     jobs_service = JobService(
         db,
         guard,
-        envelope,
+        keys,
         registry,
         admin_service,
         notifier,
@@ -138,7 +133,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     services = Services(
         settings, db, tokens, admin_service, jobs_service, registry, audit_log, audit
     )
-    return Runtime(services, envelope, notifier)
+    return Runtime(services, keys, notifier)
 
 
 def _record_configuration(db: Database, settings: Settings) -> None:

@@ -2,30 +2,33 @@
 
 Each stored value gets a fresh 256-bit data key (DEK). The value is sealed
 with AES-256-GCM (NIST SP 800-38D) under the DEK and a random 96-bit nonce;
-the DEK is wrapped by the tenant's key-encryption key through the
+the DEK is wrapped by a key-encryption key (KEK) through a
 :class:`~qustody.crypto.interfaces.KeyProvider`. One DEK encrypts exactly one
 message, so random nonces are far inside GCM's limits.
 
-Envelope format, version 1 (all integers big-endian)::
+A sealed value has three parts, stored side by side (``sealed_objects``)::
 
-    offset      size  field
-    0           1     format version, 0x01
-    1           1     n = length of key id (1..255)
-    2           n     key id, ASCII (e.g. ``local:ten_01JC…:v1``)
-    2+n         2     m = length of wrapped DEK (1..65535)
-    4+n         m     wrapped DEK (opaque to this module; provider-defined)
-    4+n+m       12    nonce
-    16+n+m      ...   AES-256-GCM ciphertext, then the 16-byte tag
+    key_id    the KEK version that wraps the DEK  (pkcs11:ten_A.prj_B.payload:v2)
+    wrapped   the wrapped DEK (AES key wrap: 40 bytes)
+    body      0x02 (format version) || 12-byte nonce || AES-256-GCM ciphertext || 16-byte tag
 
 Associated data (authenticated, not stored)::
 
-    lp("qustody-envelope") || lp(tenant_id) || lp(object_id) || lp(field) || header
+    lp("qustody-envelope/2") || lp(tenant_id) || lp(ring) || lp(object_id) || lp(field)
+        || body[:13]
 
-where ``lp(x)`` is a 2-byte length then the UTF-8 bytes of ``x`` and
-``header`` is every byte before the ciphertext (version, key id, wrapped DEK,
-nonce). So the tag covers every byte of the blob, and a blob opened under
-another tenant, object or field fails, as does one whose key id or wrapped
-DEK was swapped.
+where ``lp(x)`` is a 2-byte big-endian length then the UTF-8 bytes of ``x``
+and ``ring`` is the key ring named by ``key_id`` (tenant, project and data
+class). A body opened under another tenant, ring, object or field fails; a
+ring whose first part is not the tenant is refused before any key is used.
+
+The KEK *version* is deliberately outside the associated data: rotation moves
+a DEK to the ring's new version by rewrapping it (:meth:`Envelope.rewrap`),
+which changes ``key_id`` and ``wrapped`` but not one byte of ``body``, so no
+payload is decrypted to rotate. Binding the version would force exactly
+that. Swapping in another version's wrapped DEK gains nothing: AES key wrap
+has its own integrity check, so it unwraps only under the version that
+wrapped it, and yields the same DEK.
 """
 
 from __future__ import annotations
@@ -35,65 +38,37 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qustody.crypto.errors import DecryptionError
-from qustody.crypto.interfaces import KeyProvider
-from qustody.domain.ids import TenantId
+from qustody.crypto.errors import DecryptionError, KeyUnavailable
+from qustody.crypto.interfaces import KeyProvider, parse_key_id
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEK_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
-_AAD_LABEL = b"qustody-envelope"
+_PREFIX_BYTES = 1 + NONCE_BYTES
+_AAD_LABEL = "qustody-envelope/2"
 _U16 = struct.Struct(">H")
 
 
 @dataclass(frozen=True, slots=True)
 class SealedBlob:
-    """A sealed value: the key id (for a database column, so rotation can
-    find what each key protects) and the self-describing envelope bytes."""
+    """A sealed value: the KEK version, the wrapped DEK and the encrypted body."""
 
-    key_id: str
-    data: bytes
-
-    def __repr__(self) -> str:
-        return f"SealedBlob(key_id={self.key_id!r}, data=<{len(self.data)} bytes>)"
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> SealedBlob:
-        """Rebuild a blob from stored envelope bytes (reads the key id from
-        the header). Raises DecryptionError when the header is malformed."""
-        return cls(_parse(data).key_id, data)
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
     key_id: str
     wrapped: bytes
-    nonce: bytes
-    header_end: int
+    body: bytes
 
-
-def _parse(data: bytes) -> _Parsed:
-    try:
-        if data[0] != FORMAT_VERSION:
-            raise DecryptionError
-        n = data[1]
-        key_id = data[2 : 2 + n].decode("ascii")
-        (m,) = _U16.unpack_from(data, 2 + n)
-        wrapped = data[4 + n : 4 + n + m]
-        nonce = data[4 + n + m : 16 + n + m]
-        header_end = 16 + n + m
-    except (IndexError, UnicodeDecodeError, struct.error):
-        raise DecryptionError from None
-    if n == 0 or m == 0 or len(wrapped) != m or len(data) < header_end + TAG_BYTES:
-        raise DecryptionError
-    return _Parsed(key_id, wrapped, nonce, header_end)
+    def __repr__(self) -> str:
+        return (
+            f"SealedBlob(key_id={self.key_id!r}, wrapped=<{len(self.wrapped)} bytes>, "
+            f"body=<{len(self.body)} bytes>)"
+        )
 
 
 def _lp(value: str) -> bytes:
@@ -103,16 +78,24 @@ def _lp(value: str) -> bytes:
     return _U16.pack(len(raw)) + raw
 
 
-def _aad(tenant_id: str, object_id: str, field: str, header: bytes) -> bytes:
+def _aad(tenant_id: str, ring: str, object_id: str, field: str, prefix: bytes) -> bytes:
     return b"".join(
-        (_U16.pack(len(_AAD_LABEL)), _AAD_LABEL, _lp(tenant_id), _lp(object_id), _lp(field), header)
+        (_lp(_AAD_LABEL), _lp(tenant_id), _lp(ring), _lp(object_id), _lp(field), prefix)
     )
+
+
+def _ring_of(tenant_id: str, key_id: str) -> str:
+    """The ring a key id names, which must be one of ``tenant_id``'s."""
+    ref = parse_key_id(key_id)
+    if ref is None or ref.ring.split(".", 1)[0] != tenant_id:
+        raise DecryptionError  # damaged, or moved from another tenant
+    return ref.ring
 
 
 class _DekCache:
     """A small LRU of unwrapped DEKs (as ready ciphers), with a TTL.
 
-    Keyed by (tenant, key id, wrapped DEK). Entries hold only AESGCM objects,
+    Keyed by (key id, wrapped DEK). Entries hold only AESGCM objects,
     which do not expose their key; nothing here is ever logged.
     """
 
@@ -121,9 +104,9 @@ class _DekCache:
         self._ttl = ttl_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str, bytes], tuple[float, AESGCM]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes], tuple[float, AESGCM]] = OrderedDict()
 
-    def get(self, key: tuple[str, str, bytes]) -> AESGCM | None:
+    def get(self, key: tuple[str, bytes]) -> AESGCM | None:
         if self._max == 0:
             return None
         now = self._clock()
@@ -138,7 +121,7 @@ class _DekCache:
             self._entries.move_to_end(key)
             return cipher
 
-    def put(self, key: tuple[str, str, bytes], cipher: AESGCM) -> None:
+    def put(self, key: tuple[str, bytes], cipher: AESGCM) -> None:
         if self._max == 0:
             return
         expires = self._clock() + self._ttl
@@ -152,105 +135,131 @@ class _DekCache:
         with self._lock:
             self._entries.clear()
 
+    def forget(self, key_ids: Iterable[str]) -> None:
+        doomed = set(key_ids)
+        with self._lock:
+            for key in [key for key in self._entries if key[0] in doomed]:
+                del self._entries[key]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
 
 class Envelope:
-    """Seals and opens stored values for one key provider.
+    """Seals and opens stored values with the key providers it is given.
 
-    ``cache_size`` and ``cache_ttl_seconds`` bound the in-memory cache of
-    unwrapped DEKs used by :meth:`open` (0 disables it). The cache saves a
-    provider round trip (an HSM call) when the same value is read repeatedly.
+    ``providers`` maps each provider's name (the first part of its key ids)
+    to the provider. ``cache_size`` and ``cache_ttl_seconds`` bound the
+    in-memory cache of unwrapped DEKs used by :meth:`open` (0 disables it);
+    providers named in ``uncached`` never have their DEKs cached, so a key
+    disabled at its source (a customer's own HSM) stops opening data at once.
     """
 
     def __init__(
         self,
-        provider: KeyProvider,
+        providers: Mapping[str, KeyProvider] | KeyProvider,
         *,
         cache_size: int = 1024,
         cache_ttl_seconds: float = 60.0,
+        uncached: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if cache_size < 0 or cache_ttl_seconds < 0:
             raise ValueError("cache_size and cache_ttl_seconds must not be negative")
-        self._provider = provider
+        if not isinstance(providers, Mapping):
+            providers = {providers.name: providers}
+        for name, provider in providers.items():
+            if provider.name != name:
+                raise ValueError(f"provider {provider.name!r} registered as {name!r}")
+        self._providers = dict(providers)
+        self._uncached = frozenset(uncached)
         self._cache = _DekCache(cache_size, cache_ttl_seconds, clock)
 
     @property
-    def provider(self) -> KeyProvider:
-        return self._provider
+    def providers(self) -> Mapping[str, KeyProvider]:
+        return self._providers
 
-    def seal(self, tenant_id: TenantId, object_id: str, field: str, plaintext: bytes) -> SealedBlob:
+    def add_provider(self, provider: KeyProvider, *, cached: bool = True) -> None:
+        """Register another provider (a tenant's own HSM), once."""
+        if provider.name in self._providers:
+            raise ValueError(f"a key provider named {provider.name!r} is already registered")
+        self._providers[provider.name] = provider
+        if not cached:
+            self._uncached = self._uncached | {provider.name}
+
+    def provider_for(self, key_id: str) -> KeyProvider:
+        ref = parse_key_id(key_id)
+        provider = None if ref is None else self._providers.get(ref.provider)
+        if provider is None:
+            raise KeyUnavailable(key_id, "no configured key provider holds it")
+        return provider
+
+    def seal(
+        self, key_id: str, tenant_id: str, object_id: str, field: str, plaintext: bytes
+    ) -> SealedBlob:
         """Encrypt ``plaintext`` for ``field`` of ``object_id`` owned by
-        ``tenant_id``, under a fresh DEK wrapped by the tenant's current key."""
+        ``tenant_id``, under a fresh DEK wrapped by ``key_id``."""
+        ring = _ring_of(tenant_id, key_id)
         dek = AESGCM.generate_key(bit_length=8 * DEK_BYTES)
-        key_id, wrapped = self._provider.wrap(tenant_id, dek)
-        raw_key_id = key_id.encode("utf-8")
-        if (
-            not key_id.isascii()
-            or not 0 < len(raw_key_id) <= 0xFF
-            or not 0 < len(wrapped) <= 0xFFFF
-        ):
-            raise ValueError(
-                f"key provider {self._provider.name!r} returned a key id or wrapped key that "
-                "the envelope format cannot hold (ASCII key id of 1-255 bytes, wrapped key of "
-                "1-65535 bytes)"
-            )
-        nonce = os.urandom(NONCE_BYTES)
-        header = b"".join(
-            (
-                bytes((FORMAT_VERSION, len(raw_key_id))),
-                raw_key_id,
-                _U16.pack(len(wrapped)),
-                wrapped,
-                nonce,
-            )
-        )
+        wrapped = self.provider_for(key_id).wrap(key_id, dek)
+        prefix = bytes((FORMAT_VERSION,)) + os.urandom(NONCE_BYTES)
         ciphertext = AESGCM(dek).encrypt(
-            nonce, plaintext, _aad(tenant_id, object_id, field, header)
+            prefix[1:], plaintext, _aad(tenant_id, ring, object_id, field, prefix)
         )
-        return SealedBlob(key_id, header + ciphertext)
+        return SealedBlob(key_id, wrapped, prefix + ciphertext)
 
-    def open(
-        self, tenant_id: TenantId, object_id: str, field: str, blob: SealedBlob | bytes
-    ) -> bytes:
+    def open(self, tenant_id: str, object_id: str, field: str, blob: SealedBlob) -> bytes:
         """Decrypt a value sealed by :meth:`seal` with the same tenant, object
         and field.
 
-        Raises DecryptionError for any tampering or mismatch (including a
-        ``SealedBlob.key_id`` that disagrees with the envelope) and
+        Raises DecryptionError for any tampering or mismatch and
         KeyUnavailable when the key it names cannot be used.
         """
-        data = blob.data if isinstance(blob, SealedBlob) else blob
-        parsed = _parse(data)
-        if isinstance(blob, SealedBlob) and blob.key_id != parsed.key_id:
+        ring = _ring_of(tenant_id, blob.key_id)
+        body = blob.body
+        if len(body) < _PREFIX_BYTES + TAG_BYTES or body[0] != FORMAT_VERSION:
             raise DecryptionError
-        cache_key = (str(tenant_id), parsed.key_id, parsed.wrapped)
+        cache_key = (blob.key_id, blob.wrapped)
         cipher = self._cache.get(cache_key)
+        fresh = cipher is None
         if cipher is None:
-            dek = self._provider.unwrap(tenant_id, parsed.key_id, parsed.wrapped)
+            dek = self.provider_for(blob.key_id).unwrap(blob.key_id, blob.wrapped)
             if len(dek) != DEK_BYTES:
                 raise DecryptionError
             cipher = AESGCM(dek)
-            fresh = True
-        else:
-            fresh = False
-        header = data[: parsed.header_end]
+        prefix = body[:_PREFIX_BYTES]
         try:
             plaintext = cipher.decrypt(
-                parsed.nonce,
-                data[parsed.header_end :],
-                _aad(tenant_id, object_id, field, header),
+                prefix[1:], body[_PREFIX_BYTES:], _aad(tenant_id, ring, object_id, field, prefix)
             )
         except InvalidTag:
             raise DecryptionError from None
-        if fresh:
+        if fresh and self._provider_name(blob.key_id) not in self._uncached:
             # Cache only DEKs that proved themselves by opening a value.
             self._cache.put(cache_key, cipher)
         return plaintext
 
+    def rewrap(self, blob: SealedBlob, new_key_id: str) -> SealedBlob:
+        """The same value with its DEK wrapped under ``new_key_id``, another
+        version of the same ring; the body is not touched (nor decrypted)."""
+        old, new = parse_key_id(blob.key_id), parse_key_id(new_key_id)
+        if old is None or new is None or old.ring != new.ring:
+            raise ValueError("a data key is rewrapped only within its own key ring")
+        if old.provider == new.provider:
+            wrapped = self.provider_for(new_key_id).rewrap(blob.key_id, blob.wrapped, new_key_id)
+        else:  # a ring moving to another provider (a tenant bringing its own HSM)
+            dek = self.provider_for(blob.key_id).unwrap(blob.key_id, blob.wrapped)
+            wrapped = self.provider_for(new_key_id).wrap(new_key_id, dek)
+        return SealedBlob(new_key_id, wrapped, blob.body)
+
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Drop cached DEKs of these keys (destroyed or disabled)."""
+        self._cache.forget(key_ids)
+
     def clear_cache(self) -> None:
-        """Drop every cached DEK (after a key is destroyed, or on fork)."""
+        """Drop every cached DEK."""
         self._cache.clear()
+
+    def _provider_name(self, key_id: str) -> str:
+        return key_id.split(":", 1)[0]

@@ -18,10 +18,17 @@ Keyring file format, version 1 (JSON, written 0600, replaced atomically)::
      "nonce": "<base64, 12 bytes>", "ciphertext": "<base64>"}
 
 ``ciphertext`` is AES-256-GCM, associated data ``b"qustody-keyring\\x00v1"``,
-over the JSON document::
+over the JSON document (``version`` 2; version 1, written before key rings
+had projects and data classes, named the same map ``tenants`` and is read
+the same way)::
 
-    {"version": 1, "tenants": {"<tenant id>": {"current": 1,
+    {"version": 2, "rings": {"<ring>": {
         "keys": {"1": {"material": "<base64, 32 bytes>", "created_at": "<ISO 8601>"}}}}}
+
+Which version of a ring is current is not kept here: the database records it
+(:mod:`qustody.keys`). Destroying a key removes its material from the file;
+copies of the file in backups still hold it, so shredding with this provider
+is only as final as the deletion of those backups (an HSM destroys in place).
 
 The encryption key and the fingerprint are two HKDF-SHA256 (RFC 5869)
 subkeys of the master key, so the fingerprint says "wrong master key" apart
@@ -40,7 +47,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -62,21 +68,19 @@ from qustody.crypto.errors import (
     MasterKeyMismatch,
 )
 from qustody.crypto.files import check_private, create_private, replace_atomically
-from qustody.crypto.interfaces import KeyMaterial
+from qustody.crypto.interfaces import KeyMaterial, check_ring, key_id, parse_key_id
 from qustody.domain.errors import ConfigurationError, InsecureDevelopmentWarning
-from qustody.domain.ids import TenantId
 
 MASTER_KEY_ENV = "QUSTODY_MASTER_KEY"
 PROVIDER_NAME = "local"
 KEYRING_FORMAT = "qustody-keyring"
 KEYRING_VERSION = 1
+_DOCUMENT_VERSION = 2
 KEY_BYTES = 32
 _NONCE_BYTES = 12
 _KEYRING_AAD = b"qustody-keyring\x00v1"
 _HKDF_ENCRYPTION_INFO = b"qustody keyring v1: file encryption"
 _HKDF_FINGERPRINT_INFO = b"qustody keyring v1: master key fingerprint"
-_TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_KEY_ID_RE = re.compile(r"local:([A-Za-z0-9_.-]{1,64}):v([1-9][0-9]{0,8})")
 _GENERATE_HINT = (
     'generate one with: python -c "import base64, secrets; '
     'print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"'
@@ -123,10 +127,13 @@ def _read_or_create_master_key_file(path: Path, *, create: bool) -> KeyMaterial:
 
 
 @dataclass(frozen=True, slots=True)
-class _TenantKeys:
-    current: int
-    keys: Mapping[int, KeyMaterial]
-    created_at: Mapping[int, str]
+class _Entry:
+    material: KeyMaterial
+    created_at: str
+
+
+#: ``(ring, version)`` → key.
+_Keys = dict[tuple[str, int], _Entry]
 
 
 _Stamp = tuple[int, int, int, int]
@@ -157,7 +164,7 @@ class LocalKeyring:
         self._file_key = AESGCM(_hkdf(master_key, _HKDF_ENCRYPTION_INFO))
         self._fingerprint = _hkdf(master_key, _HKDF_FINGERPRINT_INFO)[:8].hex()
         self._mutex = threading.RLock()
-        self._tenants: dict[str, _TenantKeys] = {}
+        self._keys: _Keys = {}
         self._stamp: _Stamp | None = None
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._mutex, self._file_lock():
@@ -218,77 +225,72 @@ class LocalKeyring:
     def path(self) -> Path:
         return self._path
 
-    def ensure_tenant_key(self, tenant_id: TenantId) -> str:
-        _check_tenant(tenant_id)
+    def create_key(self, ring: str, version: int) -> str:
+        check_ring(ring)
+        wanted = key_id(PROVIDER_NAME, ring, version)
         with self._mutex:
             self._reload_if_changed()
-            keys = self._tenants.get(tenant_id)
-            if keys is not None:
-                return _key_id(tenant_id, keys.current)
+            if (ring, version) in self._keys:
+                return wanted
             with self._file_lock():
                 self._load()  # another process may have created it meanwhile
-                keys = self._tenants.get(tenant_id)
-                if keys is None:
-                    keys = _TenantKeys(
-                        current=1,
-                        keys={1: KeyMaterial(os.urandom(KEY_BYTES))},
-                        created_at={1: datetime.now(UTC).isoformat(timespec="seconds")},
+                if (ring, version) not in self._keys:
+                    entry = _Entry(
+                        KeyMaterial(os.urandom(KEY_BYTES)),
+                        datetime.now(UTC).isoformat(timespec="seconds"),
                     )
-                    self._store({**self._tenants, tenant_id: keys})
-            return _key_id(tenant_id, keys.current)
+                    self._store({**self._keys, (ring, version): entry})
+        return wanted
 
-    def current_key_id(self, tenant_id: TenantId) -> str:
-        _check_tenant(tenant_id)
-        with self._mutex:
-            self._reload_if_changed()
-            keys = self._tenants.get(tenant_id)
-        if keys is None:
-            raise KeyUnavailable(
-                _key_id(tenant_id, 1), "the tenant has no key yet; call ensure_tenant_key"
-            )
-        return _key_id(tenant_id, keys.current)
+    def has_key(self, key_id: str) -> bool:
+        return self._find(self._ref(key_id)) is not None
 
-    def wrap(self, tenant_id: TenantId, dek: bytes) -> tuple[str, bytes]:
+    def wrap(self, key_id: str, dek: bytes) -> bytes:
         if len(dek) != KEY_BYTES:
             raise ValueError(f"data keys must be {KEY_BYTES} bytes")
-        _check_tenant(tenant_id)
-        with self._mutex:
-            self._reload_if_changed()
-            keys = self._tenants.get(tenant_id)
-        if keys is None:
-            raise KeyUnavailable(
-                _key_id(tenant_id, 1), "the tenant has no key yet; call ensure_tenant_key"
-            )
-        kek = keys.keys[keys.current]
-        return _key_id(tenant_id, keys.current), aes_key_wrap(kek.reveal(), dek)
+        return aes_key_wrap(self._kek(key_id).reveal(), dek)
 
-    def unwrap(self, tenant_id: TenantId, key_id: str, wrapped: bytes) -> bytes:
-        match = _KEY_ID_RE.fullmatch(key_id)
-        if match is None:
-            if key_id.startswith(PROVIDER_NAME + ":"):
-                raise DecryptionError  # malformed id of ours: damaged data
-            raise KeyUnavailable(key_id, f"it does not belong to the {PROVIDER_NAME} keyring")
-        if match.group(1) != tenant_id:
-            raise DecryptionError  # another tenant's key: data moved across tenants
-        version = int(match.group(2))
-        kek = self._find(tenant_id, version)
-        if kek is None:
-            with self._mutex:
-                self._load()  # rare: a key created by another process (writes are atomic)
-            kek = self._find(tenant_id, version)
-        if kek is None:
-            raise KeyUnavailable(key_id, f"the keyring {self._path} has no such key")
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         try:
-            return aes_key_unwrap(kek.reveal(), wrapped)
+            return aes_key_unwrap(self._kek(key_id).reveal(), wrapped)
         except (InvalidUnwrap, ValueError):
             raise DecryptionError from None
 
+    def rewrap(self, key_id: str, wrapped: bytes, new_key_id: str) -> bytes:
+        return self.wrap(new_key_id, self.unwrap(key_id, wrapped))
+
+    def destroy_key(self, key_id: str) -> bool:
+        ref = self._ref(key_id)
+        with self._mutex, self._file_lock():
+            self._load()
+            if ref not in self._keys:
+                return False
+            keys = dict(self._keys)
+            del keys[ref]
+            self._store(keys)
+        return True
+
     # internals
 
-    def _find(self, tenant_id: str, version: int) -> KeyMaterial | None:
+    def _ref(self, key_id: str) -> tuple[str, int]:
+        ref = parse_key_id(key_id)
+        if ref is None or ref.provider != PROVIDER_NAME:
+            raise KeyUnavailable(key_id, f"it does not belong to the {PROVIDER_NAME} keyring")
+        return ref.ring, ref.version
+
+    def _find(self, ref: tuple[str, int]) -> KeyMaterial | None:
         with self._mutex:
-            keys = self._tenants.get(tenant_id)
-        return None if keys is None else keys.keys.get(version)
+            self._reload_if_changed()
+            entry = self._keys.get(ref)
+        return None if entry is None else entry.material
+
+    def _kek(self, key_id: str) -> KeyMaterial:
+        kek = self._find(self._ref(key_id))
+        if kek is None:
+            raise KeyUnavailable(
+                key_id, f"the keyring {self._path} has no such key (never created, or destroyed)"
+            )
+        return kek
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -313,12 +315,12 @@ class LocalKeyring:
         with open(self._path, "rb") as handle:
             stamp = _stamp(os.fstat(handle.fileno()))
             content = handle.read()
-        self._tenants = self._decode(content)
+        self._keys = self._decode(content)
         self._stamp = stamp
 
-    def _store(self, tenants: dict[str, _TenantKeys]) -> None:
-        replace_atomically(self._path, self._encode(tenants))
-        self._tenants = tenants
+    def _store(self, keys: _Keys) -> None:
+        replace_atomically(self._path, self._encode(keys))
+        self._keys = keys
         self._stamp = _stamp(os.stat(self._path))
 
     def _corrupted(self, why: str) -> KeyringCorrupted:
@@ -327,23 +329,14 @@ class LocalKeyring:
             "backup; do not edit it by hand"
         )
 
-    def _encode(self, tenants: Mapping[str, _TenantKeys]) -> bytes:
-        document = {
-            "version": KEYRING_VERSION,
-            "tenants": {
-                tenant_id: {
-                    "current": keys.current,
-                    "keys": {
-                        str(version): {
-                            "material": base64.b64encode(kek.reveal()).decode("ascii"),
-                            "created_at": keys.created_at[version],
-                        }
-                        for version, kek in sorted(keys.keys.items())
-                    },
-                }
-                for tenant_id, keys in sorted(tenants.items())
-            },
-        }
+    def _encode(self, keys: _Keys) -> bytes:
+        rings: dict[str, dict[str, dict[str, dict[str, str]]]] = {}
+        for (ring, version), entry in sorted(keys.items()):
+            rings.setdefault(ring, {"keys": {}})["keys"][str(version)] = {
+                "material": base64.b64encode(entry.material.reveal()).decode("ascii"),
+                "created_at": entry.created_at,
+            }
+        document = {"version": _DOCUMENT_VERSION, "rings": rings}
         nonce = os.urandom(_NONCE_BYTES)
         ciphertext = self._file_key.encrypt(
             nonce, json.dumps(document, separators=(",", ":")).encode("utf-8"), _KEYRING_AAD
@@ -357,7 +350,7 @@ class LocalKeyring:
         }
         return json.dumps(outer, indent=2).encode("utf-8") + b"\n"
 
-    def _decode(self, content: bytes) -> dict[str, _TenantKeys]:
+    def _decode(self, content: bytes) -> _Keys:
         try:
             outer = json.loads(content)
         except ValueError:
@@ -382,33 +375,30 @@ class LocalKeyring:
         except (KeyError, TypeError, ValueError, binascii.Error, InvalidTag):
             raise self._corrupted("failed its integrity check") from None
         try:
-            return _parse_tenants(json.loads(plaintext))
+            return _parse_document(json.loads(plaintext))
         except (AttributeError, KeyError, TypeError, ValueError, binascii.Error):
             # Authentic but unparseable: written by a broken or newer release.
             raise self._corrupted("has an invalid structure") from None
 
 
-def _parse_tenants(document: Any) -> dict[str, _TenantKeys]:
-    if document["version"] != KEYRING_VERSION:
+def _parse_document(document: Any) -> _Keys:
+    version = document["version"]
+    if version == _DOCUMENT_VERSION:
+        rings = document["rings"]
+    elif version == 1:
+        rings = document["tenants"]  # version 1: one ring per tenant, named by its id
+    else:
         raise ValueError("unsupported keyring document version")
-    tenants: dict[str, _TenantKeys] = {}
-    for tenant_id, entry in document["tenants"].items():
-        if not isinstance(tenant_id, str) or not _TENANT_RE.fullmatch(tenant_id):
-            raise ValueError("bad tenant id")
-        keys: dict[int, KeyMaterial] = {}
-        created_at: dict[int, str] = {}
+    keys: _Keys = {}
+    for ring, entry in rings.items():
+        check_ring(ring)
         for version_text, key in entry["keys"].items():
-            version = int(version_text)
+            number = int(version_text)
             material = base64.b64decode(key["material"], validate=True)
-            if version < 1 or len(material) != KEY_BYTES:
+            if number < 1 or len(material) != KEY_BYTES:
                 raise ValueError("bad key")
-            keys[version] = KeyMaterial(material)
-            created_at[version] = str(key["created_at"])
-        current = entry["current"]
-        if not isinstance(current, int) or current not in keys:
-            raise ValueError("current key missing")
-        tenants[tenant_id] = _TenantKeys(current=current, keys=keys, created_at=created_at)
-    return tenants
+            keys[ring, number] = _Entry(KeyMaterial(material), str(key["created_at"]))
+    return keys
 
 
 def _refuse_in_production(production: bool) -> None:
@@ -417,17 +407,6 @@ def _refuse_in_production(production: bool) -> None:
             "the local keyring is a development key provider and is refused in production "
             "mode; configure an HSM key provider (PKCS#11) instead"
         )
-
-
-def _check_tenant(tenant_id: str) -> None:
-    if not _TENANT_RE.fullmatch(tenant_id):
-        raise ValueError(
-            "tenant ids used as key names must be 1-64 characters of letters, digits, '_', '.', '-'"
-        )
-
-
-def _key_id(tenant_id: str, version: int) -> str:
-    return f"{PROVIDER_NAME}:{tenant_id}:v{version}"
 
 
 def _stamp(st: os.stat_result) -> _Stamp:

@@ -33,6 +33,23 @@ class Action(StrEnum):
     AUDIT_CHECKPOINT = "audit:checkpoint"
     # the gateway's configuration, recorded when a process starts with it
     CONFIG_LOAD = "config:load"
+    # key management: rings of key-encryption keys, rotation, crypto-shredding
+    KEY_LIST = "key:list"
+    KEY_CREATE = "key:create"
+    KEY_ROTATE = "key:rotate"
+    KEY_RETIRE = "key:retire"
+    KEY_DISABLE = "key:disable"
+    KEY_ENABLE = "key:enable"
+    KEY_DESTROY = "key:destroy"
+    KEY_FAIL = "key:fail"  # a key its provider would not use (disabled at the source, gone)
+    # the secrets vault: write-only credentials
+    SECRET_SET = "secret:set"  # noqa: S105 (an action name, not a secret)
+    SECRET_LIST = "secret:list"  # noqa: S105
+    SECRET_DELETE = "secret:delete"  # noqa: S105
+    SECRET_USE = "secret:use"  # noqa: S105
+    # a tenant's public key for sealed exports
+    EXPORTKEY_SET = "exportkey:set"
+    EXPORTKEY_READ = "exportkey:read"
     # backends
     BACKEND_LIST = "backend:list"
     BACKEND_READ = "backend:read"

@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor, Target, record
-from qustody.crypto.interfaces import KeyProvider
 from qustody.domain.errors import InvalidRequest
 from qustody.domain.ids import (
     PrincipalId,
@@ -76,11 +75,10 @@ class NewTenant:
 
 
 class AdminService:
-    def __init__(self, db: Database, guard: Guard, tokens: TokenService, keys: KeyProvider) -> None:
+    def __init__(self, db: Database, guard: Guard, tokens: TokenService) -> None:
         self._db = db
         self._guard = guard
         self._tokens = tokens
-        self._keys = keys
 
     # -- bootstrap (local operator, no token yet) ---------------------------------
 
@@ -95,7 +93,6 @@ class AdminService:
                     "(`qustody admin token`)."
                 )
             tenant = m.Tenant(id=new_tenant_id(), name=PLATFORM_TENANT, created_at=now)
-            self._keys.ensure_tenant_key(TenantId(tenant.id))
             admin = self._new_principal(session, tenant.id, admin_name, "user", now, tenant=tenant)
             _grant(session, admin, None, Role.PLATFORM_ADMIN, now)
             token = self._tokens.issue(session, principal_id=admin.id, tenant_id=tenant.id)
@@ -142,8 +139,6 @@ class AdminService:
         try:
             with self._db.write() as session:
                 tenant = m.Tenant(id=new_tenant_id(), name=name, created_at=now)
-                # Created before the tenant row commits; an orphan key is harmless.
-                self._keys.ensure_tenant_key(TenantId(tenant.id))
                 session.add(tenant)
                 session.flush()
                 admin = self._new_principal(session, tenant.id, admin_name, "user", now)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, update
@@ -21,13 +21,10 @@ from qustody.audit.recorder import (
     Actor,
     Outcome,
     Target,
-    Transaction,
-    connection_of,
     event_row,
     record,
     record_rows,
 )
-from qustody.crypto.envelope import Envelope, SealedBlob
 from qustody.domain.errors import InvalidRequest, QustodyError
 from qustody.domain.ids import ProjectId, TenantId, looks_like_id, new_job_id
 from qustody.domain.models import (
@@ -52,6 +49,7 @@ from qustody.jobs.circuits import CircuitLimits, check_against_backend
 from qustody.jobs.errors import JobNotFinished
 from qustody.jobs.notify import Notifier
 from qustody.jobs.views import JobPage, JobView, ResultView, TransitionView
+from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.guard import Guard, not_found
 from qustody.storage import models as m
 from qustody.storage.db import Database
@@ -60,10 +58,11 @@ MAX_PAGE = 200
 MAX_WAIT_SECONDS = 30.0
 CIRCUIT_FIELD = "circuit"
 RESULT_FIELD = "result"
+#: A job's user-supplied metadata (name, labels), sealed under its project's metadata ring.
+METADATA_FIELD = "metadata"
 
 # Statements built once: building one costs more than running it.
 _INSERT_JOB = insert(m.JOBS)
-_INSERT_SEALED = insert(m.SEALED_OBJECTS)
 _INSERT_TRANSITIONS = insert(m.JOB_TRANSITIONS)
 
 #: Validates untrusted OpenQASM under size, time and memory bounds.
@@ -78,6 +77,8 @@ class SubmitRequest:
     qasm: str
     memory: bool = False
     seed: int | None = None
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -162,28 +163,6 @@ def transition(
     record_rows(session, events)
 
 
-def store_sealed(
-    transaction: Transaction,
-    job: m.Job,
-    field: str,
-    sealed: SealedBlob,
-    plaintext_sha256: str,
-    now: datetime,
-) -> None:
-    connection_of(transaction).execute(
-        _INSERT_SEALED,
-        {
-            "object_id": job.id,
-            "field": field,
-            "tenant_id": job.tenant_id,
-            "key_id": sealed.key_id,
-            "envelope": sealed.data,
-            "plaintext_sha256": plaintext_sha256,
-            "created_at": now,
-        },
-    )
-
-
 def job_resource(job: m.Job, data_class: str | None = None) -> Resource:
     return Resource(
         "job",
@@ -195,7 +174,13 @@ def job_resource(job: m.Job, data_class: str | None = None) -> Resource:
     )
 
 
-def view(job: m.Job, transitions: list[m.JobTransition] | None = None) -> JobView:
+def view(
+    job: m.Job,
+    transitions: list[m.JobTransition] | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> JobView:
+    labels = (metadata or {}).get("labels") or {}
+    name = (metadata or {}).get("name")
     return JobView(
         id=job.id,
         tenant_id=job.tenant_id,
@@ -217,6 +202,8 @@ def view(job: m.Job, transitions: list[m.JobTransition] | None = None) -> JobVie
         finished_at=job.finished_at,
         error_code=job.error_code,
         error_detail=job.error_detail,
+        name=name if isinstance(name, str) else None,
+        labels=dict(labels) if isinstance(labels, dict) else {},
         transitions=None
         if transitions is None
         else tuple(
@@ -230,7 +217,7 @@ class JobService:
         self,
         db: Database,
         guard: Guard,
-        envelope: Envelope,
+        keys: KeyService,
         registry: BackendRegistry,
         admin: AdminService,
         notifier: Notifier,
@@ -239,7 +226,7 @@ class JobService:
     ) -> None:
         self._db = db
         self._guard = guard
-        self._envelope = envelope
+        self._keys = keys
         self._registry = registry
         self._admin = admin
         self._notifier = notifier
@@ -286,11 +273,7 @@ class JobService:
             attempts=0,
             cancel_requested=False,
         )
-        sealed = (
-            None
-            if info is None
-            else self._envelope.seal(caller.tenant_id, job.id, CIRCUIT_FIELD, source)
-        )
+        metadata = _metadata_bytes(spec)
         submitted = event_row(
             Action.JOB_SUBMIT,
             actor=actor,
@@ -302,7 +285,7 @@ class JobService:
             reason=f"backend={backend.info.name} shots={spec.shots}",
             at=now,
         )
-        if refusal is not None or sealed is None:
+        if refusal is not None or info is None:
             path = [JobState.REJECTED]
             job.error_code = refusal.code if refusal else "invalid_circuit"
             job.error_detail = refusal.detail[:2000] if refusal else None
@@ -330,8 +313,23 @@ class JobService:
         # unit of work costs more than the rest of a submission).
         with self._db.writing() as connection:
             connection.execute(_INSERT_JOB, {c.key: getattr(job, c.key) for c in m.JOBS.c})
-            if sealed is not None:
-                store_sealed(connection, job, CIRCUIT_FIELD, sealed, digest, now)
+            if info is not None:
+                self._keys.seal(
+                    connection,
+                    KeyScope(job.tenant_id, job.project_id, Purpose.PAYLOAD),
+                    job.id,
+                    CIRCUIT_FIELD,
+                    source,
+                    plaintext_sha256=digest,
+                )
+            if metadata is not None:
+                self._keys.seal(
+                    connection,
+                    KeyScope(job.tenant_id, job.project_id, Purpose.METADATA),
+                    job.id,
+                    METADATA_FIELD,
+                    metadata,
+                )
             connection.execute(_INSERT_TRANSITIONS, [first, *transitions])
             record_rows(connection, [submitted, *events])
         result = view(job)
@@ -342,6 +340,15 @@ class JobService:
         return result
 
     # -- reads --------------------------------------------------------------------
+
+    def _metadata(self, job: m.Job) -> dict[str, object] | None:
+        """The job's name and labels, opened from their sealed form."""
+        with self._db.reading() as connection:
+            raw = self._keys.open(connection, job.tenant_id, job.id, METADATA_FIELD)
+        if raw is None:
+            return None
+        parsed: dict[str, object] = json.loads(raw)
+        return parsed
 
     def _load(self, session: Session, caller: Principal, job_id: str) -> m.Job:
         """A job of the caller's tenant, or the same 404 whether missing or foreign."""
@@ -383,7 +390,7 @@ class JobService:
                 checked = True
             remaining = deadline - time.monotonic()
             if JobState(job.state).terminal or remaining <= 0:
-                return view(job, transitions)
+                return view(job, transitions, self._metadata(job))
             # Woken by any job finishing; re-check at least every second in
             # case a signal from another process was lost.
             self._notifier.wait_finished(generation, min(remaining, 1.0))
@@ -441,7 +448,10 @@ class JobService:
             rows = list(session.scalars(query.order_by(m.Job.id.desc()).limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]
-        return JobPage([view(j) for j in rows], rows[-1].id if more and rows else None)
+        return JobPage(
+            [view(j, metadata=self._metadata(j)) for j in rows],
+            rows[-1].id if more and rows else None,
+        )
 
     def _listable_projects(self, caller: Principal, request: RequestContext) -> list[str]:
         """Projects whose jobs the caller may list; the policy decides per project."""
@@ -533,14 +543,20 @@ class JobService:
     def result(self, caller: Principal, request: RequestContext, job_id: str) -> ResultView:
         with self._db.read() as session:
             job = self._load(session, caller, job_id)
-            sealed = session.get(m.SealedObject, (job.id, RESULT_FIELD))
+            digest = session.scalar(
+                select(m.SealedObject.plaintext_sha256).where(
+                    m.SealedObject.object_id == job.id, m.SealedObject.field == RESULT_FIELD
+                )
+            )
         decision = self._guard.check(caller, Action.RESULT_READ, job_resource(job), request)
         state = JobState(job.state)
-        if state is not JobState.COMPLETED or sealed is None:
+        payload = None
+        if state is JobState.COMPLETED:
+            with self._db.reading() as connection:
+                payload = self._keys.open(connection, job.tenant_id, job.id, RESULT_FIELD)
+        if payload is None:
             raise JobNotFinished.for_state(job.id, state, job.error_code)
-        data = json.loads(
-            self._envelope.open(TenantId(job.tenant_id), job.id, RESULT_FIELD, sealed.envelope)
-        )
+        data = json.loads(payload)
         with self._db.write() as session:
             record(
                 session,
@@ -550,7 +566,7 @@ class JobService:
                 decision=decision,
                 request=request,
                 job_id=job.id,
-                payload_sha256=sealed.plaintext_sha256,
+                payload_sha256=digest,
             )
         return ResultView(
             job_id=job.id,
@@ -559,3 +575,11 @@ class JobService:
             clbit_registers=[(str(n), int(s)) for n, s in data["clbit_registers"]],
             metadata=dict(data["metadata"]),
         )
+
+
+def _metadata_bytes(spec: SubmitRequest) -> bytes | None:
+    """What of a submission is user-supplied metadata, as sealed: None when empty."""
+    if spec.name is None and not spec.labels:
+        return None
+    document = {"name": spec.name, "labels": dict(spec.labels)}
+    return json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -37,6 +38,9 @@ class JobView:
     finished_at: datetime | None
     error_code: str | None
     error_detail: str | None
+    #: User-supplied metadata, stored sealed (never in a clear column).
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
     transitions: tuple[TransitionView, ...] | None = None
 
 

@@ -32,8 +32,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor
-from qustody.crypto.envelope import Envelope
-from qustody.domain.ids import JobId, TenantId, new_id
+from qustody.domain.errors import QustodyError
+from qustody.domain.ids import JobId, new_id
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
 from qustody.domain.vocabulary import JobState
 from qustody.executors.sandbox import Sandbox
@@ -42,9 +42,9 @@ from qustody.jobs.service import (
     CIRCUIT_FIELD,
     RESULT_FIELD,
     sha256_hex,
-    store_sealed,
     transition,
 )
+from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -64,7 +64,7 @@ class Worker:
     def __init__(
         self,
         db: Database,
-        envelope: Envelope,
+        keys: KeyService,
         sandbox: Sandbox,
         notifier: Notifier,
         *,
@@ -74,7 +74,7 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self._db = db
-        self._envelope = envelope
+        self._keys = keys
         self._sandbox = sandbox
         self._notifier = notifier
         self.slots = slots
@@ -148,7 +148,6 @@ class Worker:
             )
             if job is None:
                 return None
-            sealed = session.get(m.SealedObject, (job.id, CIRCUIT_FIELD))
             transition(session, job, JobState.RUNNING, actor=self._actor, at=now)
             job.attempts += 1
             job.worker_id = self.id
@@ -157,16 +156,19 @@ class Worker:
             claimed_job = (job.id, job.tenant_id, job.attempts, job.queued_at, job.backend)
             options = dict(job.options)
             shots, fmt = job.shots, job.circuit_format
-        if sealed is None:
+        try:
+            with self._db.reading() as connection:
+                source = self._keys.open(connection, claimed_job[1], claimed_job[0], CIRCUIT_FIELD)
+        except QustodyError as error:  # keys disabled, destroyed, or refused by their HSM
+            self._finish(claimed_job[0], claimed_job[2], ExecutionFailure(error.code, error.detail))
+            return None
+        if source is None:
             self._finish(
                 claimed_job[0],
                 claimed_job[2],
                 ExecutionFailure("payload_missing", "the job's circuit is missing from storage"),
             )
             return None
-        source = self._envelope.open(
-            TenantId(claimed_job[1]), claimed_job[0], CIRCUIT_FIELD, sealed.envelope
-        )
         seed = options.get("seed")
         request = ExecutionRequest(
             job_id=JobId(claimed_job[0]),
@@ -299,8 +301,14 @@ class Worker:
             separators=(",", ":"),
             sort_keys=True,
         ).encode()
-        sealed = self._envelope.seal(TenantId(job.tenant_id), job.id, RESULT_FIELD, payload)
-        store_sealed(session, job, RESULT_FIELD, sealed, sha256_hex(payload), now)
+        self._keys.seal(
+            session,
+            KeyScope(job.tenant_id, job.project_id, Purpose.PAYLOAD),
+            job.id,
+            RESULT_FIELD,
+            payload,
+            plaintext_sha256=sha256_hex(payload),
+        )
 
     def renew_leases(self) -> None:
         """Extend the leases of jobs this worker runs; pass on cancel requests."""

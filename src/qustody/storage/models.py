@@ -39,6 +39,8 @@ NAMING = {
 
 Id = String(40)
 Timestamp = DateTime(timezone=True)
+#: ``<provider>:<ring>:v<n>`` (:func:`qustody.crypto.interfaces.key_id`).
+KeyIdType = String(200)
 #: A 64-bit number that SQLite still treats as its rowid alias.
 Seq = BigInteger().with_variant(Integer, "sqlite")
 
@@ -146,17 +148,103 @@ class JobTransition(Base):
 
 
 class SealedObject(Base):
-    """An envelope-encrypted payload: ``(object_id, field)`` is also bound into
-    the ciphertext's associated data, so a blob moved to another row fails."""
+    """An envelope-encrypted value (:mod:`qustody.crypto.envelope`).
+
+    ``(object_id, field)`` and the tenant are bound into the ciphertext's
+    associated data, so a body moved to another row fails to open.
+    ``key_id`` and ``wrapped_dek`` change when rotation rewraps the data key;
+    ``body`` never does. ``plaintext_sha256`` is kept for circuits and
+    results only (provenance), never for secrets.
+    """
 
     __tablename__ = "sealed_objects"
     object_id: Mapped[str] = mapped_column(Id, primary_key=True)
     field: Mapped[str] = mapped_column(String(32), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
-    key_id: Mapped[str] = mapped_column(String(80))
-    envelope: Mapped[bytes] = mapped_column(LargeBinary)
-    plaintext_sha256: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    key_id: Mapped[str] = mapped_column(KeyIdType, ForeignKey("key_versions.key_id"), index=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    plaintext_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class KeyRing(Base):
+    """The versioned key-encryption keys of one tenant, project and purpose.
+
+    ``state``: ``active``; ``disabled`` (nothing opens or seals until
+    enabled); ``destroying`` then ``destroyed`` (crypto-shredded, final).
+    """
+
+    __tablename__ = "key_rings"
+    ring: Mapped[str] = mapped_column(String(160), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(32))
+    current_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class KeyVersion(Base):
+    """One version of a ring's KEK, held by a key provider.
+
+    ``state``: ``current`` (new data); ``retiring`` (rewrap moving its data
+    keys away); ``retired`` (nothing referenced it any more; destroyed in the
+    provider); ``destroyed`` (crypto-shredded with its ring).
+    """
+
+    __tablename__ = "key_versions"
+    __table_args__ = (UniqueConstraint("ring", "version"),)
+    key_id: Mapped[str] = mapped_column(KeyIdType, primary_key=True)
+    id: Mapped[str] = mapped_column(Id, unique=True)
+    ring: Mapped[str] = mapped_column(String(160), ForeignKey("key_rings.ring"))
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    retired_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    destroyed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class DestructionCertificate(Base):
+    """What a crypto-shredding destroyed, as a canonical JSON document whose
+    SHA-256 is in the audit log. Append-only."""
+
+    __tablename__ = "destruction_certificates"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(Timestamp)
+    document: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Secret(Base):
+    """A tenant's stored credential; its value is sealed (field ``value``)
+    and never read back through the API."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class ExportKey(Base):
+    """A tenant's public key (HPKE, X-Wing) that exports may be sealed to."""
+
+    __tablename__ = "export_keys"
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
 
 
 class AuditEvent(Base):
@@ -250,3 +338,8 @@ AUDIT_HEAD = cast(Table, AuditHead.__table__)
 AUDIT_TREE = cast(Table, AuditTreeNode.__table__)
 AUDIT_TREE_HEAD = cast(Table, AuditTreeHead.__table__)
 AUDIT_CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)
+KEY_RINGS = cast(Table, KeyRing.__table__)
+KEY_VERSIONS = cast(Table, KeyVersion.__table__)
+DESTRUCTION_CERTIFICATES = cast(Table, DestructionCertificate.__table__)
+SECRETS = cast(Table, Secret.__table__)
+EXPORT_KEYS = cast(Table, ExportKey.__table__)
