@@ -44,6 +44,8 @@ class Settings:
     customer_keys_file: Path | None = None
     #: How long an unwrapped data key may stay cached in memory (0: never).
     key_cache_seconds: float = 60.0
+    #: How often a worker looks for data keys to move after a rotation.
+    rewrap_seconds: float = 5.0
     keyring_file: Path | None = None
     master_key_file: Path | None = None
     issuer: str = "qustody"
@@ -133,6 +135,11 @@ class Settings:
                 "QUSTODY_KEY_PROVIDER=pkcs11 needs QUSTODY_PKCS11_MODULE (the PKCS#11 library) "
                 "and QUSTODY_PKCS11_TOKEN_LABEL (the token's label), and the user PIN in "
                 "QUSTODY_PKCS11_PIN_FILE or QUSTODY_PKCS11_PIN."
+            )
+        if not 0.05 <= self.rewrap_seconds <= 3600:
+            raise ConfigurationError(
+                f"QUSTODY_REWRAP_SECONDS is {self.rewrap_seconds}; it must be between 0.05 "
+                "and 3600."
             )
         if not 0 <= self.key_cache_seconds <= 3600:
             raise ConfigurationError(

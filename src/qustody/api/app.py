@@ -41,6 +41,7 @@ from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
 from qustody.keys.config import open_key_service
+from qustody.keys.maintenance import Rewrapper
 from qustody.keys.service import KeyService
 from qustody.policy.audit_reader import AuditReader
 from qustody.policy.engine import CedarPolicyEngine
@@ -64,6 +65,10 @@ class Runtime:
         """The thread that signs checkpoints as the audit log grows (run by workers)."""
         settings = self.services.settings
         return Checkpointer(self.services.audit_log, settings.audit_checkpoint_seconds)
+
+    def make_rewrapper(self) -> Rewrapper:
+        """The thread that moves data keys off retiring key versions (run by workers)."""
+        return Rewrapper(self.keys, self.services.settings.rewrap_seconds)
 
     def make_worker(self, *, slots: int | None = None) -> tuple[Worker, Sandbox]:
         settings = self.services.settings

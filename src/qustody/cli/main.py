@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from qustody.cli.audit import audit
+from qustody.cli.keys import keys
 from qustody.cli.output import emit_json, table
 from qustody.client import Client
 from qustody.client.errors import QustodyClientError, QustodyTimeoutError
@@ -180,11 +181,14 @@ def worker(slots: int | None, data_dir: Path | None, exit_with_parent: bool) -> 
     runtime = build_runtime(_settings(data_dir=data_dir), listen=True)
     w, sandbox = runtime.make_worker(slots=slots)
     checkpointer = runtime.make_checkpointer()
+    rewrapper = runtime.make_rewrapper()
     w.start()
     checkpointer.start()
+    rewrapper.start()
     click.echo(f"{w.id} running {w.slots} slot(s); Ctrl-C to stop", err=True)
     stop.wait()
     w.stop()
+    rewrapper.stop()
     checkpointer.stop()
     sandbox.close()
     runtime.close()
@@ -585,6 +589,7 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
 
 
 cli.add_command(audit)
+cli.add_command(keys)
 
 
 def main() -> None:
