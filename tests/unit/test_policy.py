@@ -65,6 +65,13 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.RESULT_READ,
             Action.AUDIT_READ,
             Action.AUDIT_EXPORT,
+            Action.KEY_LIST,
+            Action.KEY_ROTATE,
+            Action.SECRET_SET,
+            Action.SECRET_LIST,
+            Action.SECRET_DELETE,
+            Action.EXPORTKEY_SET,
+            Action.EXPORTKEY_READ,
         }
     ),
     "developer": frozenset(
@@ -116,6 +123,13 @@ ALLOWED_BY: Mapping[tuple[str, Action], str] = {
     ("tenant-admin", Action.RESULT_READ): "tenant-admin-jobs",
     ("tenant-admin", Action.AUDIT_READ): "tenant-admin-tenant",
     ("tenant-admin", Action.AUDIT_EXPORT): "tenant-admin-tenant",
+    ("tenant-admin", Action.KEY_LIST): "tenant-admin-tenant",
+    ("tenant-admin", Action.KEY_ROTATE): "tenant-admin-tenant",
+    ("tenant-admin", Action.SECRET_SET): "tenant-admin-tenant",
+    ("tenant-admin", Action.SECRET_LIST): "tenant-admin-tenant",
+    ("tenant-admin", Action.SECRET_DELETE): "tenant-admin-tenant",
+    ("tenant-admin", Action.EXPORTKEY_SET): "tenant-admin-tenant",
+    ("tenant-admin", Action.EXPORTKEY_READ): "tenant-admin-tenant",
     ("platform-admin", Action.AUDIT_CHECKPOINT): "platform-admin-audit",
     ("developer", Action.PROJECT_READ): "developer-project",
     ("developer", Action.JOB_SUBMIT): "developer-project",
@@ -211,6 +225,20 @@ def resource_for(
             | Action.PROJECT_LIST
             | Action.MEMBER_ADD
             | Action.MEMBER_LIST
+            | Action.KEY_LIST
+            | Action.KEY_CREATE
+            | Action.KEY_ROTATE
+            | Action.KEY_RETIRE
+            | Action.KEY_DISABLE
+            | Action.KEY_ENABLE
+            | Action.KEY_DESTROY
+            | Action.KEY_FAIL
+            | Action.SECRET_SET
+            | Action.SECRET_LIST
+            | Action.SECRET_DELETE
+            | Action.SECRET_USE
+            | Action.EXPORTKEY_SET
+            | Action.EXPORTKEY_READ
         ):
             return Resource(type="tenant", id=tenant, tenant_id=tenant)
         case Action.PROJECT_READ | Action.JOB_SUBMIT | Action.JOB_LIST:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qustody import __version__
 from qustody.api import problems
-from qustody.api.routes import admin, audit, health, jobs
+from qustody.api.routes import admin, audit, health, jobs, keys
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
 from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
@@ -43,6 +43,7 @@ from qustody.jobs.worker import Worker
 from qustody.keys.config import open_key_service
 from qustody.keys.maintenance import Rewrapper
 from qustody.keys.service import KeyService
+from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.guard import Guard
@@ -136,7 +137,15 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     audit = AuditReader(db, guard, audit_log)
     _record_configuration(db, settings)
     services = Services(
-        settings, db, tokens, admin_service, jobs_service, registry, audit_log, audit
+        settings,
+        db,
+        tokens,
+        admin_service,
+        jobs_service,
+        registry,
+        audit_log,
+        audit,
+        TenantKeys(db, guard, keys),
     )
     return Runtime(services, keys, notifier)
 
@@ -327,7 +336,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     app.state.services = rt.services
     problems.install(app)
-    for router in (health.router, jobs.router, admin.router, audit.router):
+    for router in (health.router, jobs.router, admin.router, audit.router, keys.router):
         app.include_router(router)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

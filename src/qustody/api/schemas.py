@@ -9,9 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qustody.domain.vocabulary import DataClass, Role
 from qustody.jobs.views import JobView, ResultView
+from qustody.keys.service import RingStatus
 
 #: Largest request body the API reads (the circuit limit is checked separately).
 MAX_BODY_BYTES = 2 * 1024 * 1024
+#: An export sealed to a tenant's public key (:mod:`qustody.crypto.sealed`).
+SEALED_MEDIA_TYPE = "application/vnd.qustody.sealed"
+#: Job labels: at most this many, keys like Kubernetes label names.
+MAX_LABELS = 32
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$"
 
 
 class Request(BaseModel):
@@ -32,6 +38,16 @@ class JobSubmit(Request):
     qasm: Annotated[str, Field(description="OpenQASM 2 or 3 source", max_length=MAX_BODY_BYTES)]
     memory: bool = False
     seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    name: Annotated[
+        str | None,
+        Field(min_length=1, max_length=200, description="A name for people; stored encrypted"),
+    ] = None
+    labels: Annotated[
+        dict[
+            Annotated[str, Field(pattern=LABEL_KEY_PATTERN)], Annotated[str, Field(max_length=256)]
+        ],
+        Field(max_length=MAX_LABELS, description="Key-value labels; stored encrypted"),
+    ] = {}
 
 
 class CircuitSummary(Response):
@@ -71,6 +87,8 @@ class Job(Response):
     started_at: datetime | None
     finished_at: datetime | None
     error: JobError | None
+    name: str | None = None
+    labels: dict[str, str] = {}
     transitions: list[Transition] | None = None
 
     @classmethod
@@ -99,6 +117,8 @@ class Job(Response):
             error=JobError(code=job.error_code, detail=job.error_detail)
             if job.error_code
             else None,
+            name=job.name,
+            labels=dict(job.labels),
             transitions=None
             if job.transitions is None
             else [
@@ -273,3 +293,79 @@ class ConsistencyProof(Response):
     from_size: int = Field(serialization_alias="from")
     to_size: int = Field(serialization_alias="to")
     path: list[str]
+
+
+# -- keys, secrets, export key ------------------------------------------------------
+
+
+class KeyVersion(Response):
+    key_id: str
+    version: int
+    state: str
+    objects: int
+    created_at: datetime
+
+
+class KeyRing(Response):
+    ring: str
+    project_id: str | None
+    purpose: str
+    provider: str
+    state: str
+    current_version: int
+    versions: list[KeyVersion]
+
+
+class KeyRingList(Response):
+    items: list[KeyRing]
+
+    @classmethod
+    def of(cls, rings: list[RingStatus]) -> KeyRingList:
+        return cls(
+            items=[
+                KeyRing(
+                    ring=r.ring,
+                    project_id=r.project_id,
+                    purpose=r.purpose,
+                    provider=r.provider,
+                    state=r.state,
+                    current_version=r.current_version,
+                    versions=[KeyVersion.model_validate(v) for v in r.versions],
+                )
+                for r in rings
+            ]
+        )
+
+
+class KeysRotate(Request):
+    project_id: Annotated[str | None, Field(max_length=64)] = None
+
+
+class KeysRotated(Response):
+    rotated: list[str]
+
+
+class SecretPut(Request):
+    value: Annotated[str, Field(min_length=1, max_length=65536, description="Write-only")]
+
+
+class Secret(Response):
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+
+class SecretList(Response):
+    items: list[Secret]
+
+
+class ExportKeyPut(Request):
+    public_key: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class ExportKey(Response):
+    public_key: str
+    fingerprint: str
+    created_at: datetime
+    created_by: str

@@ -11,6 +11,7 @@ from qustody.executors.registry import BackendRegistry
 from qustody.identity.admin import AdminService
 from qustody.identity.tokens import TokenService
 from qustody.jobs.service import JobService
+from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
 from qustody.settings import Settings
 from qustody.storage.db import Database
@@ -26,6 +27,7 @@ class Services:
     registry: BackendRegistry
     audit_log: AuditLog
     audit: AuditReader
+    tenant_keys: TenantKeys
 
 
 def services_of(request: Request) -> Services:

@@ -134,15 +134,16 @@ def verify(
     show_default=True,
     help="For `qustody audit verify`, or OCSF events for a SIEM.",
 )
+@click.option("--sealed", is_flag=True, help="Sealed to your tenant's export key.")
 @click.pass_obj
-def export(ctx: Gateway, out: Path | None, scope: str, form: str) -> None:
+def export(ctx: Gateway, out: Path | None, scope: str, form: str, sealed: bool) -> None:
     """Download an export (JSON Lines); without --out, stream it to stdout."""
     with ctx.client() as client:
         if out is None:
-            client.audit_export(sys.stdout.buffer, scope=scope, form=form)
+            client.audit_export(sys.stdout.buffer, scope=scope, form=form, sealed=sealed)
             return
         with out.open("wb") as handle:
-            written = client.audit_export(handle, scope=scope, form=form)
+            written = client.audit_export(handle, scope=scope, form=form, sealed=sealed)
     click.echo(f"{written} bytes written to {out}", err=True)
 
 

@@ -26,6 +26,7 @@ import click
 from qustody.cli.audit import audit
 from qustody.cli.keys import keys
 from qustody.cli.output import emit_json, table
+from qustody.cli.vault import export_key, secrets, unseal
 from qustody.client import Client
 from qustody.client.errors import QustodyClientError, QustodyTimeoutError
 from qustody.domain.errors import InsecureDevelopmentWarning, QustodyError
@@ -563,9 +564,21 @@ def jobs_cancel(ctx: CliContext, job_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--sealed",
+    "sealed_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the result sealed to your tenant's export key to this file.",
+)
 @pass_ctx
-def result(ctx: CliContext, job_id: str, as_json: bool) -> None:
-    """Print the result of a completed job."""
+def result(ctx: CliContext, job_id: str, as_json: bool, sealed_out: Path | None) -> None:
+    """Print the result of a completed job (or save it sealed)."""
+    if sealed_out is not None:
+        with ctx.client() as client, sealed_out.open("xb") as handle:
+            handle.write(client.sealed_result(job_id))
+        click.echo(f"sealed result written to {sealed_out}; open it with `qustody unseal`")
+        return
     _print_result(ctx.client(), job_id, as_json)
 
 
@@ -590,6 +603,9 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
 
 cli.add_command(audit)
 cli.add_command(keys)
+cli.add_command(secrets)
+cli.add_command(export_key)
+cli.add_command(unseal)
 
 
 def main() -> None:

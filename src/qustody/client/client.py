@@ -199,8 +199,13 @@ class Client:
         project: str,
         memory: bool = False,
         seed: int | None = None,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
     ) -> Job:
         """Submit one circuit; returns the accepted job (usually ``queued``).
+
+        ``name`` and ``labels`` are for people and scripts; the gateway stores
+        them encrypted, like the circuit.
 
         ``circuit`` is OpenQASM 2/3 text or a bound :class:`qiskit.QuantumCircuit`
         (exported as OpenQASM 2 when possible, else OpenQASM 3). A refusal, including a
@@ -222,6 +227,10 @@ class Client:
             "memory": memory,
             "seed": seed,
         }
+        if name is not None:
+            body["name"] = name
+        if labels:
+            body["labels"] = labels
         return Job.from_json(self._json("POST", "/jobs", json=body))
 
     def job(self, job_id: str) -> Job:
@@ -394,11 +403,15 @@ class Client:
             raise QustodyProtocolError("GET /v1/audit/events answered without a JSON object")
         return page
 
-    def audit_export(self, out: BinaryIO, *, scope: str = "tenant", form: str = "qustody") -> int:
+    def audit_export(
+        self, out: BinaryIO, *, scope: str = "tenant", form: str = "qustody", sealed: bool = False
+    ) -> int:
         """Stream an export (JSON Lines) into ``out``: ``form`` ``qustody`` for
-        ``qustody audit verify``, ``ocsf`` for a SIEM. Returns the bytes written."""
+        ``qustody audit verify``, ``ocsf`` for a SIEM; ``sealed`` encrypts it to
+        your tenant's export key (open it with ``qustody unseal``). Returns the
+        bytes written."""
         written = 0
-        params = {"scope": scope, "format": form}
+        params = {"scope": scope, "format": form, "sealed": "true" if sealed else "false"}
         try:
             with self._http.stream("GET", "/audit/export", params=params) as response:
                 if not response.is_success:
@@ -412,6 +425,53 @@ class Client:
                 f"the export from {self._url} broke off: {type(exc).__name__}"
             ) from None
         return written
+
+    # ---------------------------------------------------- keys, secrets, exports
+
+    def key_rings(self) -> list[dict[str, Any]]:
+        """Your tenant's key rings with their versions (tenant admins)."""
+        return _items(self._json("GET", "/keys"), "key ring list")
+
+    def rotate_keys(self, project_id: str | None = None) -> list[str]:
+        """Start new key versions; returns the new key ids."""
+        answer = self._json("POST", "/keys/rotate", json={"project_id": project_id})
+        if not isinstance(answer, dict) or not isinstance(answer.get("rotated"), list):
+            raise QustodyProtocolError("POST /v1/keys/rotate answered without a rotated list")
+        return [str(k) for k in answer["rotated"]]
+
+    def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        """Store or replace a write-only secret; the value is never returned."""
+        answer = self._json("PUT", f"/secrets/{_segment(name)}", json={"value": value})
+        if not isinstance(answer, dict):
+            raise QustodyProtocolError("PUT /v1/secrets answered without a JSON object")
+        return answer
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """Names and dates of your tenant's secrets (never values)."""
+        return _items(self._json("GET", "/secrets"), "secret list")
+
+    def delete_secret(self, name: str) -> None:
+        self._request("DELETE", f"/secrets/{_segment(name)}")
+
+    def export_key(self) -> dict[str, Any]:
+        answer = self._json("GET", "/export-key")
+        if not isinstance(answer, dict):
+            raise QustodyProtocolError("GET /v1/export-key answered without a JSON object")
+        return answer
+
+    def set_export_key(self, public_key: str) -> dict[str, Any]:
+        """Register your tenant's export public key (``qustody-xwing-pub:…``)."""
+        answer = self._json("PUT", "/export-key", json={"public_key": public_key})
+        if not isinstance(answer, dict):
+            raise QustodyProtocolError("PUT /v1/export-key answered without a JSON object")
+        return answer
+
+    def sealed_result(self, job_id: str) -> bytes:
+        """A job's result sealed to your tenant's export key (a ``qustody-sealed/1``
+        file); open it with ``qustody unseal`` and the private key."""
+        return self._request(
+            "GET", f"/jobs/{_segment(job_id)}/result", params={"sealed": "true"}
+        ).content
 
     # ------------------------------------------------------------------- health
 
@@ -432,3 +492,9 @@ def _error_of(response: httpx.Response) -> QustodyAPIError:
         body=response.content,
         request_id_header=response.headers.get("x-request-id"),
     )
+
+
+def _items(document: object, what: str) -> list[dict[str, Any]]:
+    if not isinstance(document, dict) or not isinstance(document.get("items"), list):
+        raise QustodyProtocolError(f"the {what} is not a JSON object with an items list")
+    return [item for item in document["items"] if isinstance(item, dict)]

@@ -211,6 +211,8 @@ class Job:
     finished_at: datetime | None
     error: JobError | None
     transitions: tuple[Transition, ...] = ()
+    name: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -249,6 +251,10 @@ class Job:
             finished_at=r.opt_time("finished_at"),
             error=error,
             transitions=transitions,
+            name=r.opt_str("name"),
+            labels={str(k): str(v) for k, v in r.mapping("labels").items()}
+            if r.has("labels")
+            else {},
         )
 
 

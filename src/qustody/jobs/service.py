@@ -332,7 +332,7 @@ class JobService:
                 )
             connection.execute(_INSERT_TRANSITIONS, [first, *transitions])
             record_rows(connection, [submitted, *events])
-        result = view(job)
+        result = view(job, metadata={"name": spec.name, "labels": dict(spec.labels)})
         if refusal is not None:
             refusal.extra["job_id"] = job.id
             raise refusal

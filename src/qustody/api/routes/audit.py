@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from qustody import __version__
 from qustody.api import schemas
 from qustody.api.auth import CallerDep
 from qustody.api.routes.common import PUBLIC, secured
+from qustody.api.schemas import SEALED_MEDIA_TYPE
 from qustody.api.state import services_of
 from qustody.audit import ocsf
 from qustody.audit.export import Record
@@ -149,15 +150,26 @@ def export(
     request: Request,
     scope: Literal["tenant", "platform"] = "tenant",
     form: Annotated[Literal["qustody", "ocsf"], Query(alias="format")] = "qustody",
-) -> StreamingResponse:
+    sealed: Annotated[
+        bool, Query(description="Sealed to your tenant's export key (HPKE, X-Wing)")
+    ] = False,
+) -> Response:
     """An export as JSON Lines: for ``qustody audit verify`` (events, leaves,
     proofs and checkpoints), or as OCSF events for a SIEM. Your tenant's
-    events, or, for platform admins, the whole log."""
-    records = services_of(request).audit.export(
-        caller.principal, caller.request, whole_log=scope == "platform"
-    )
+    events, or, for platform admins, the whole log. With ``sealed``, the
+    whole export is encrypted to your tenant's export key."""
+    services = services_of(request)
+    records = services.audit.export(caller.principal, caller.request, whole_log=scope == "platform")
     lines = _ocsf_lines(records) if form == "ocsf" else _lines(records)
-    return StreamingResponse(lines, media_type="application/jsonl")
+    if not sealed:
+        return StreamingResponse(lines, media_type="application/jsonl")
+    bundle = services.tenant_keys.seal_export(
+        caller.principal.tenant_id,
+        b"".join(lines),
+        content_type="application/jsonl",
+        metadata={"export": f"audit/{scope}/{form}"},
+    )
+    return Response(bundle, media_type=SEALED_MEDIA_TYPE)
 
 
 def _lines(records: Iterator[Record]) -> Iterator[bytes]:

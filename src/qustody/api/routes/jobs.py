@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from qustody.api import schemas
 from qustody.api.auth import CallerDep
 from qustody.api.routes.common import secured
+from qustody.api.schemas import SEALED_MEDIA_TYPE
 from qustody.api.state import services_of
 from qustody.domain.vocabulary import Action
 from qustody.jobs.service import SubmitRequest
@@ -28,6 +29,8 @@ def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> 
         qasm=body.qasm,
         memory=body.memory,
         seed=body.seed,
+        name=body.name,
+        labels=body.labels,
     )
     job = services_of(request).jobs.submit(caller.principal, caller.request, spec)
     return schemas.Job.of(job)
@@ -84,11 +87,27 @@ def cancel_job(job_id: str, caller: CallerDep, request: Request) -> schemas.Job:
     "/jobs/{job_id}/result",
     response_model=schemas.Result,
     openapi_extra=secured(Action.RESULT_READ),
+    responses={200: {"content": {SEALED_MEDIA_TYPE: {}}}},
 )
-def get_result(job_id: str, caller: CallerDep, request: Request) -> schemas.Result:
-    return schemas.Result.of(
-        services_of(request).jobs.result(caller.principal, caller.request, job_id)
+def get_result(
+    job_id: str,
+    caller: CallerDep,
+    request: Request,
+    sealed: Annotated[
+        bool, Query(description="Sealed to your tenant's export key (HPKE, X-Wing)")
+    ] = False,
+) -> schemas.Result | Response:
+    services = services_of(request)
+    result = schemas.Result.of(services.jobs.result(caller.principal, caller.request, job_id))
+    if not sealed:
+        return result
+    bundle = services.tenant_keys.seal_export(
+        caller.principal.tenant_id,
+        result.model_dump_json().encode("utf-8"),
+        content_type="application/vnd.qustody.result+json",
+        metadata={"job_id": result.job_id},
     )
+    return Response(bundle, media_type=SEALED_MEDIA_TYPE)
 
 
 @router.get(
