@@ -200,7 +200,10 @@ class Envelope:
     ) -> SealedBlob:
         """Encrypt ``plaintext`` for ``field`` of ``object_id`` owned by
         ``tenant_id``, under a fresh DEK wrapped by ``key_id``."""
-        ring = _ring_of(tenant_id, key_id)
+        ref = parse_key_id(key_id)
+        if ref is None or ref.ring.split(".", 1)[0] != tenant_id:
+            raise ValueError(f"key {key_id!r} is not a key of one of tenant {tenant_id!r}'s rings")
+        ring = ref.ring
         dek = AESGCM.generate_key(bit_length=8 * DEK_BYTES)
         wrapped = self.provider_for(key_id).wrap(key_id, dek)
         prefix = bytes((FORMAT_VERSION,)) + os.urandom(NONCE_BYTES)

@@ -1,4 +1,4 @@
-"""The local keyring: per-tenant KEKs in a file sealed by a master key.
+"""The local keyring: versioned KEKs of every key ring, in a file sealed by a master key.
 
 For development and the embedded deployment only; production uses an HSM.
 
@@ -7,9 +7,10 @@ AES-GCM. KW is the standard construction for wrapping keys: deterministic,
 so it needs no nonce and has no per-key usage limit (a long-lived KEK that
 wraps one DEK per stored value never approaches GCM's 2^32 random-nonce
 bound), and it is what PKCS#11 HSMs offer as ``CKM_AES_KEY_WRAP``, so the HSM
-provider can wrap the same way. KW has no associated data; it does not need
-any, because the envelope's GCM tag already covers the key id and the
-wrapped DEK (see :mod:`qustody.crypto.envelope`).
+provider wraps the same way. KW has no associated data; it needs none: its
+integrity check ties a wrapped DEK to the one KEK version that wrapped it,
+and the envelope's GCM tag binds the value to its tenant, ring, object and
+field (see :mod:`qustody.crypto.envelope`).
 
 Keyring file format, version 1 (JSON, written 0600, replaced atomically)::
 
@@ -151,8 +152,8 @@ class LocalKeyring:
     def __init__(self, path: Path, master_key: KeyMaterial, *, production: bool = False) -> None:
         _refuse_in_production(production)
         warnings.warn(
-            f"the local keyring ({path}) keeps tenant keys in a file on this machine; it is "
-            "for development and embedded use only. Use an HSM (PKCS#11) key provider in "
+            f"the local keyring ({path}) keeps key-encryption keys in a file on this machine; "
+            "it is for development and embedded use only. Use an HSM (PKCS#11) key provider in "
             "production",
             InsecureDevelopmentWarning,
             stacklevel=2,
