@@ -304,7 +304,9 @@ class KeyService:
                     continue
                 now = self._clock()
                 version = row.current_version + 1
-                new_key = self._envelope.providers[row.provider].create_key(ring, version)
+                # A tenant that now brings its own key moves there on rotation.
+                provider = self._tenant_providers.get(tenant_id, self._default)
+                new_key = self._envelope.providers[provider].create_key(ring, version)
                 old_key = key_id(row.provider, ring, row.current_version)
                 connection.execute(
                     update(_VERSIONS)
@@ -315,7 +317,7 @@ class KeyService:
                 connection.execute(
                     update(_RINGS)
                     .where(_RINGS.c.ring == ring)
-                    .values(current_version=version, updated_at=now)
+                    .values(current_version=version, provider=provider, updated_at=now)
                 )
                 record(
                     connection,
