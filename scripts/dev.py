@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -25,6 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 LOCK = ROOT / "requirements.lock"
 STAMP = VENV / ".qustody-lock-sha256"
+# SoftHSM2, the PKCS#11 token the HSM key provider's tests run against
+# (tests/softhsm.py looks in the same places).
+SOFTHSM_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+)
+SOFTHSM_PACKAGE = "softhsm2"  # Debian and Ubuntu: the library and softhsm2-util
 
 
 def _bin(name: str) -> Path:
@@ -57,6 +69,54 @@ def ensure_environment() -> None:
     STAMP.write_text(wanted + "\n")
 
 
+def _softhsm_installed() -> bool:
+    has_module = any(Path(path).is_file() for path in SOFTHSM_MODULES)
+    return has_module and shutil.which("softhsm2-util") is not None
+
+
+def ensure_softhsm() -> None:
+    """Install SoftHSM2 with apt-get when it is missing and this is root on
+    Debian or Ubuntu; otherwise say that the PKCS#11 tests will be skipped."""
+    if _softhsm_installed():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print(
+            "qustody: note: SoftHSM2 is not installed, so the PKCS#11 tests will be skipped "
+            "(and fail under CI=true); install it with `sudo apt-get install softhsm2`, "
+            "`dnf install softhsm` or `brew install softhsm`",
+            flush=True,
+        )
+        return
+    print(
+        f"qustody: installing SoftHSM2 for the PKCS#11 tests: apt-get install {SOFTHSM_PACKAGE}",
+        flush=True,
+    )
+
+    def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [apt, "-qq", *args],
+            check=False,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    install = ("install", "-y", "--no-install-recommends", SOFTHSM_PACKAGE)
+    done = apt_get(*install)
+    if done.returncode != 0:  # stale or missing package lists: refresh them once
+        apt_get("update")
+        done = apt_get(*install)
+    if done.returncode != 0 or not _softhsm_installed():
+        print(done.stdout[-2000:], end="")
+        print(
+            f"qustody: note: installing {SOFTHSM_PACKAGE} failed, so the PKCS#11 tests will "
+            "be skipped (and fail under CI=true)",
+            flush=True,
+        )
+
+
 def _exec(argv: list[str]) -> None:
     env = dict(os.environ, VIRTUAL_ENV=str(VENV))
     env["PATH"] = f"{_bin('python').parent}{os.pathsep}{env.get('PATH', '')}"
@@ -70,6 +130,8 @@ def main(args: list[str]) -> None:
         print(__doc__)
         return
     ensure_environment()
+    if command in {"serve", "test", "bench"}:
+        ensure_softhsm()
     if command == "serve":
         _exec([str(_bin("qustody")), "serve", "--embedded", "--demo", *args[1:]])
     elif command == "test":

@@ -88,3 +88,52 @@ def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
 @pytest.fixture
 def tenancy(runtime: Runtime) -> Tenancy:
     return seed(runtime)
+
+
+# PKCS#11: SoftHSM2 tokens in a private directory for this test run.
+
+from qustody.crypto.pkcs11 import Pkcs11Provider  # noqa: E402
+from softhsm import SoftHsm, Token, find_module, softhsm_problem  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """SoftHSM2 with its own token directory; ``SOFTHSM2_CONF`` points at it
+    for the whole run (SoftHSM2 reads it when the library is first loaded).
+
+    Skips when SoftHSM2 is not installed, except in CI (``CI=true``), where
+    that is a failure.
+    """
+    problem = softhsm_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    module = find_module()
+    assert module is not None
+    hsm = SoftHsm.create(tmp_path_factory.mktemp("softhsm"), module)
+    previous = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.config)
+    try:
+        yield hsm
+    finally:
+        if previous is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = previous
+
+
+@pytest.fixture
+def hsm_token(softhsm: SoftHsm) -> Token:
+    """A fresh, empty SoftHSM2 token for the platform's keys."""
+    return softhsm.init_token("platform")
+
+
+@pytest.fixture
+def pkcs11_provider(softhsm: SoftHsm, hsm_token: Token) -> Iterator[Pkcs11Provider]:
+    """A :class:`Pkcs11Provider` logged in to a fresh token."""
+    provider = Pkcs11Provider(softhsm.module, hsm_token.label, hsm_token.pin)
+    try:
+        yield provider
+    finally:
+        provider.close()
