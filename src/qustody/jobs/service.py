@@ -288,7 +288,7 @@ class JobService:
         if refusal is not None or info is None:
             path = [JobState.REJECTED]
             job.error_code = refusal.code if refusal else "invalid_circuit"
-            job.error_detail = refusal.detail[:2000] if refusal else None
+            job.error_detail = _stored_refusal(refusal)
             job.finished_at = now
             transitions, events = transition_rows(
                 job, path, actor=actor, at=now, reason=job.error_code, outcome="failure"
@@ -583,3 +583,17 @@ def _metadata_bytes(spec: SubmitRequest) -> bytes | None:
         return None
     document = {"name": spec.name, "labels": dict(spec.labels)}
     return json.dumps(document, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _stored_refusal(refusal: QustodyError | None) -> str | None:
+    """What a rejected job keeps of why: the title and the line, never the
+    refusal's own detail, which may quote the circuit (gate names, includes)
+    and is for the submitter's answer only; the circuit itself is not stored."""
+    if refusal is None:
+        return None
+    line = refusal.extra.get("line")
+    where = f" at line {line}" if isinstance(line, int) else ""
+    return (
+        f"{refusal.title}{where} ({refusal.code}); the submitter was told the details at "
+        "submission, and the circuit was not stored"
+    )
