@@ -164,9 +164,7 @@ def test_a_failed_execution_fails_the_job_not_the_worker(tenancy: Tenancy) -> No
     reason; the same worker then runs the next job."""
     runtime = tenancy.runtime
     sandbox = Sandbox(SandboxLimits(wall_seconds=0.5), registry=runtime.services.registry)
-    worker = Worker(
-        runtime.services.db, runtime.keys, sandbox, runtime.notifier, lease_seconds=30
-    )
+    worker = Worker(runtime.services.db, runtime.keys, sandbox, runtime.notifier, lease_seconds=30)
     slow = slow_qasm2(22, 1500)
     try:
         failing = submit(tenancy, slow, shots=16)
