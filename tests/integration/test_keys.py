@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from qustody.api.app import Runtime
 from qustody.audit.recorder import Actor
 from qustody.crypto.errors import KeyUnavailable
+from qustody.domain.errors import NotFound
 from qustody.domain.ids import new_id
 from qustody.domain.vocabulary import DataClass
 from qustody.jobs.service import SubmitRequest
@@ -371,3 +372,40 @@ def test_destroyed_job_data_fails_the_job_read_with_a_clear_error(
     assert shown.state == "failed"
     assert shown.error_code == "data_destroyed"
     assert json.dumps(shown.error_detail).count("crypto-shredded") == 1
+
+
+def test_a_secret_opens_only_for_its_tenant_and_each_use_is_recorded(
+    runtime: Runtime, tenancy: Tenancy
+) -> None:
+    vault = runtime.services.tenant_keys
+    value = b"provider-credential-93f1"
+    vault.set_secret(tenancy.tenant_admin, ctx(), "qpu-token", value)
+    tenant = tenancy.tenant_admin.tenant_id
+    opened = vault.use_secret(tenant, "qpu-token", job_id="job_test")
+    assert opened.reveal() == value
+    assert value.decode() not in repr(opened)
+    with pytest.raises(NotFound):
+        vault.use_secret(_tenant_id(runtime, "globex"), "qpu-token", job_id="job_test")
+    (use,) = _events(runtime, "secret:use")
+    assert use.job_id == "job_test"
+    assert use.tenant_id == tenant
+    with runtime.services.db.read() as session:
+        stored = session.scalars(
+            select(m.SealedObject.key_id).where(m.SealedObject.field == "value")
+        )
+        assert list(stored) == [f"local:{tenant}.secret:v1"]
+    # Replacing a secret reseals it; deleting it removes the sealed value too.
+    vault.set_secret(tenancy.tenant_admin, ctx(), "qpu-token", b"rotated-credential")
+    assert vault.use_secret(tenant, "qpu-token", job_id="job_2").reveal() == b"rotated-credential"
+    vault.delete_secret(tenancy.tenant_admin, ctx(), "qpu-token")
+    with runtime.services.db.read() as session:
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(m.SealedObject)
+                .where(m.SealedObject.field == "value")
+            )
+            == 0
+        )
+    with pytest.raises(NotFound):
+        vault.use_secret(tenant, "qpu-token", job_id="job_3")
