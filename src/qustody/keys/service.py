@@ -44,6 +44,7 @@ from qustody.crypto.envelope import Envelope, SealedBlob
 from qustody.crypto.errors import KeyUnavailable
 from qustody.crypto.interfaces import KeyProvider, key_id, parse_key_id
 from qustody.domain.ids import new_id
+from qustody.domain.models import Decision, RequestContext
 from qustody.domain.vocabulary import Action
 from qustody.keys.errors import CustomerKeyUnavailable, DataDestroyed, KeysDisabled
 from qustody.storage import models as m
@@ -293,7 +294,15 @@ class KeyService:
 
     # -- rotation -----------------------------------------------------------------
 
-    def rotate(self, actor: Actor, tenant_id: str, project_id: str | None = None) -> list[str]:
+    def rotate(
+        self,
+        actor: Actor,
+        tenant_id: str,
+        project_id: str | None = None,
+        *,
+        decision: Decision | None = None,
+        request: RequestContext | None = None,
+    ) -> list[str]:
         """Add a new current version to every active ring of the tenant (or
         project); the old versions start retiring. Returns the new key ids."""
         rotated: list[str] = []
@@ -323,6 +332,8 @@ class KeyService:
                     connection,
                     Action.KEY_ROTATE,
                     actor=actor,
+                    decision=decision,
+                    request=request,
                     target=Target("key", self._version_id(connection, new_key), tenant_id),
                     reason=f"ring {ring}: v{row.current_version} -> v{version} "
                     f"(was {old_key}); existing data keys are rewrapped in the background",

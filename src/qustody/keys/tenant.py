@@ -92,7 +92,7 @@ class TenantKeys:
     def rotate(
         self, caller: Principal, request: RequestContext, project_id: str | None
     ) -> list[str]:
-        self._guard.check(caller, Action.KEY_ROTATE, _tenant(caller), request)
+        decision = self._guard.check(caller, Action.KEY_ROTATE, _tenant(caller), request)
         if project_id is not None:
             with self._db.reading() as connection:
                 found = connection.execute(
@@ -102,7 +102,9 @@ class TenantKeys:
                 ).scalar()
             if found is None:
                 raise not_found("project", project_id[:64])
-        return self._keys.rotate(Actor.of(caller), caller.tenant_id, project_id)
+        return self._keys.rotate(
+            Actor.of(caller), caller.tenant_id, project_id, decision=decision, request=request
+        )
 
     # -- the secrets vault ----------------------------------------------------------
 
