@@ -184,3 +184,30 @@ def test_rotation_through_the_api_is_finished_by_the_workers_rewrapper(
     jobs = http.get("/v1/jobs", params={"state": "completed"}, headers=admin).json()["items"]
     for job in jobs:
         assert http.get(f"/v1/jobs/{job['id']}/result", headers=admin).status_code == 200
+
+
+def test_cli_refuses_bad_local_input_without_a_traceback(gateway: Gateway, tmp_path: Path) -> None:
+    admin_token = gateway.tenant_admin_token
+    binary = tmp_path / "binary.secret"
+    binary.write_bytes(b"\xff\xfe\x00credential")
+    refused = _cli(gateway, admin_token, "secrets", "set", "bin", "--from-file", str(binary))
+    assert refused.returncode != 0
+    assert "not UTF-8" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    missing = _cli(gateway, admin_token, "export-key", "set", str(tmp_path / "nope.pub"))
+    assert missing.returncode != 0
+    assert "qustody-xwing-pub" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    existing = tmp_path / "already.json"
+    existing.write_text("keep me")
+    key_file = tmp_path / "k.key"
+    assert _cli(gateway, None, "export-key", "generate", "--out", str(key_file)).returncode == 0
+    for args in (
+        ("unseal", str(existing), "--key", str(key_file), "--out", str(existing)),
+        ("result", "job_01J0000000000000000000000", "--sealed", str(existing)),
+    ):
+        answer = _cli(gateway, admin_token, *args)
+        assert answer.returncode != 0
+        assert "already exists" in answer.stderr
+        assert "Traceback" not in answer.stderr
+    assert existing.read_text() == "keep me"

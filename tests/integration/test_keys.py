@@ -37,7 +37,7 @@ def _tenant_id(runtime: Runtime, name: str) -> str:
         return str(connection.execute(select(m.Tenant.id).where(m.Tenant.name == name)).scalar())
 
 
-def _seal_many(keys: KeyService, db: object, scope: KeyScope, count: int) -> dict[str, bytes]:
+def _seal_many(keys: KeyService, scope: KeyScope, count: int) -> dict[str, bytes]:
     values = {}
     with keys._db.writing() as connection:
         for i in range(count):
@@ -108,7 +108,7 @@ def test_rotation_rewraps_without_touching_bodies_and_retires_the_old_version(
     keys = runtime.keys
     tenant = tenancy.developer.tenant_id
     scope = KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD)
-    values = _seal_many(keys, None, scope, 40)
+    values = _seal_many(keys, scope, 40)
     with runtime.services.db.read() as session:
         bodies = dict(session.execute(select(m.SealedObject.object_id, m.SealedObject.body)).all())
 
@@ -147,7 +147,7 @@ def test_rotation_under_concurrent_writes_and_a_failure_mid_rewrap(
     keys = runtime.keys
     tenant = tenancy.developer.tenant_id
     scope = KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD)
-    values = _seal_many(keys, None, scope, 60)
+    values = _seal_many(keys, scope, 60)
     keys.rotate(OPERATOR, tenant, tenancy.project_id)
 
     written: dict[str, bytes] = {}
@@ -155,7 +155,7 @@ def test_rotation_under_concurrent_writes_and_a_failure_mid_rewrap(
 
     def writer() -> None:
         while not stop.is_set():
-            written.update(_seal_many(keys, None, scope, 3))
+            written.update(_seal_many(keys, scope, 3))
 
     threads = [threading.Thread(target=writer) for _ in range(2)]
     for thread in threads:
@@ -212,7 +212,7 @@ def test_a_rewrap_killed_midway_resumes_and_loses_nothing(
     keys = runtime.keys
     tenant = tenancy.developer.tenant_id
     scope = KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD)
-    values = _seal_many(keys, None, scope, 120)
+    values = _seal_many(keys, scope, 120)
     keys.rotate(OPERATOR, tenant, tenancy.project_id)
     old_key = f"local:{scope.ring}:v1"
     env = {
@@ -253,11 +253,9 @@ def test_destroying_a_project_shreds_exactly_its_data(runtime: Runtime, tenancy:
     admin = runtime.services.admin
     boss = tenancy.tenant_admin
     other = admin.create_project(boss, ctx(), "other", DataClass.INTERNAL).id
-    doomed_payload = _seal_many(
-        keys, None, KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD), 12
-    )
-    doomed_meta = _seal_many(keys, None, KeyScope(tenant, tenancy.project_id, Purpose.METADATA), 5)
-    kept = _seal_many(keys, None, KeyScope(tenant, other, Purpose.PAYLOAD), 7)
+    doomed_payload = _seal_many(keys, KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD), 12)
+    doomed_meta = _seal_many(keys, KeyScope(tenant, tenancy.project_id, Purpose.METADATA), 5)
+    kept = _seal_many(keys, KeyScope(tenant, other, Purpose.PAYLOAD), 7)
     keys.rotate(OPERATOR, tenant, tenancy.project_id)  # a retiring version is destroyed too
 
     certificate = keys.destroy(OPERATOR, tenant, tenancy.project_id, "project closed")
@@ -310,7 +308,7 @@ def test_destroying_a_project_shreds_exactly_its_data(runtime: Runtime, tenancy:
 def test_destroying_a_tenant_stops_new_rings(runtime: Runtime, tenancy: Tenancy) -> None:
     keys = runtime.keys
     tenant = tenancy.developer.tenant_id
-    values = _seal_many(keys, None, KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD), 3)
+    values = _seal_many(keys, KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD), 3)
     certificate = keys.destroy(OPERATOR, tenant, None, "tenant offboarded")
     assert certificate.content["objects"] == 3
     late = runtime.services.admin.create_project(
@@ -324,7 +322,7 @@ def test_destroying_a_tenant_stops_new_rings(runtime: Runtime, tenancy: Tenancy)
                 keys.open(connection, tenant, object_id, "value")
     # The other tenant is untouched.
     globex = _tenant_id(runtime, "globex")
-    kept = _seal_many(keys, None, KeyScope(globex, tenancy.outsider_project_id, Purpose.PAYLOAD), 2)
+    kept = _seal_many(keys, KeyScope(globex, tenancy.outsider_project_id, Purpose.PAYLOAD), 2)
     _open_all(keys, globex, kept)
 
 
@@ -334,7 +332,7 @@ def test_disabling_a_tenants_keys_blocks_reads_and_writes_at_once(
     keys = runtime.keys
     tenant = tenancy.developer.tenant_id
     scope = KeyScope(tenant, tenancy.project_id, Purpose.PAYLOAD)
-    values = _seal_many(keys, None, scope, 3)
+    values = _seal_many(keys, scope, 3)
     _open_all(keys, tenant, values)  # the DEKs are now cached
     assert keys.set_enabled(OPERATOR, tenant, False, "incident 42") == 1
     with runtime.services.db.reading() as connection:

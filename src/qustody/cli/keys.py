@@ -134,28 +134,33 @@ def _rewrap(service: KeyService) -> None:
     click.echo(f"done: {total.moved} data keys rewrapped, {len(total.retired)} versions retired")
 
 
+_reason_option = click.option("--reason", required=True, help="Why; recorded in the audit log.")
+
+
+def _set_enabled(tenant: str, reason: str, data_dir: Path | None, enabled: bool) -> int:
+    with _runtime(data_dir) as runtime:
+        tenant_id, _ = _ids(runtime, tenant, None)
+        changed: int = runtime.keys.set_enabled(OPERATOR, tenant_id, enabled, reason)
+    return changed
+
+
 @keys.command()
 @_tenant_option
-@click.option("--reason", required=True, help="Why; recorded in the audit log.")
+@_reason_option
 @_data_dir_option
 def disable(tenant: str, reason: str, data_dir: Path | None) -> None:
     """Make every key ring of a tenant unusable at once (reversible)."""
-    with _runtime(data_dir) as runtime:
-        tenant_id, _ = _ids(runtime, tenant, None)
-        changed = runtime.keys.set_enabled(OPERATOR, tenant_id, False, reason)
+    changed = _set_enabled(tenant, reason, data_dir, False)
     click.echo(f"{changed} key rings disabled; the tenant's data can't be read or written.")
 
 
 @keys.command()
 @_tenant_option
-@click.option("--reason", required=True, help="Why; recorded in the audit log.")
+@_reason_option
 @_data_dir_option
 def enable(tenant: str, reason: str, data_dir: Path | None) -> None:
     """Enable a tenant's disabled key rings again."""
-    with _runtime(data_dir) as runtime:
-        tenant_id, _ = _ids(runtime, tenant, None)
-        changed = runtime.keys.set_enabled(OPERATOR, tenant_id, True, reason)
-    click.echo(f"{changed} key rings enabled.")
+    click.echo(f"{_set_enabled(tenant, reason, data_dir, True)} key rings enabled.")
 
 
 @keys.command()

@@ -26,7 +26,7 @@ import click
 from qustody.cli.audit import audit
 from qustody.cli.keys import keys
 from qustody.cli.output import emit_json, table
-from qustody.cli.vault import export_key, secrets, unseal
+from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
 from qustody.client import Client
 from qustody.client.errors import QustodyClientError, QustodyTimeoutError
 from qustody.domain.errors import InsecureDevelopmentWarning, QustodyError
@@ -575,8 +575,11 @@ def jobs_cancel(ctx: CliContext, job_id: str, as_json: bool) -> None:
 def result(ctx: CliContext, job_id: str, as_json: bool, sealed_out: Path | None) -> None:
     """Print the result of a completed job (or save it sealed)."""
     if sealed_out is not None:
-        with ctx.client() as client, sealed_out.open("xb") as handle:
-            handle.write(client.sealed_result(job_id))
+        refuse_existing(sealed_out)
+        with ctx.client() as client:
+            sealed = client.sealed_result(job_id)
+        with sealed_out.open("xb") as handle:
+            handle.write(sealed)
         click.echo(f"sealed result written to {sealed_out}; open it with `qustody unseal`")
         return
     _print_result(ctx.client(), job_id, as_json)

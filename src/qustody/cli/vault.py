@@ -32,6 +32,12 @@ class Gateway(Protocol):
     def client(self) -> Client: ...
 
 
+def refuse_existing(path: Path | None) -> None:
+    """Output files are new files: an existing one is refused, never overwritten."""
+    if path is not None and path.exists():
+        raise click.ClickException(f"{path} already exists; choose a new file")
+
+
 @click.group()
 def secrets() -> None:
     """Your tenant's write-only secrets (provider credentials)."""
@@ -50,7 +56,12 @@ def secrets() -> None:
 def secrets_set(ctx: Gateway, name: str, source: Path | None) -> None:
     """Store or replace a secret; its value is read from a file or stdin."""
     raw = source.read_bytes() if source is not None else sys.stdin.buffer.read()
-    value = raw.decode("utf-8").rstrip("\r\n")
+    try:
+        value = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise click.ClickException(
+            "the secret value is not UTF-8 text; encode a binary credential (base64) first"
+        ) from None
     with ctx.client() as client:
         info = client.set_secret(name, value)
     click.echo(
@@ -104,7 +115,13 @@ def export_key_set(ctx: Gateway, public_key: str) -> None:
     """Register PUBLIC_KEY (the text, or a file holding it) for your tenant."""
     text = public_key
     if not public_key.startswith("qustody-xwing-pub:"):
-        text = Path(public_key).read_text("utf-8")
+        path = Path(public_key)
+        if not path.is_file():
+            raise click.BadParameter(
+                "give the public key text (qustody-xwing-pub:...) or a file holding it",
+                param_hint="PUBLIC_KEY",
+            )
+        text = path.read_text("utf-8", errors="replace")
     with ctx.client() as client:
         info = client.set_export_key(text.strip())
     click.echo(f"export key {info['fingerprint']} registered")
@@ -128,9 +145,12 @@ def export_key_show(ctx: Gateway) -> None:
     required=True,
     help="Your export private key file.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: stdout.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="A new file (default: stdout)."
+)
 def unseal(sealed_file: Path, key_file: Path, out: Path | None) -> None:
     """Open a sealed export (offline) with your export private key."""
+    refuse_existing(out)
     data = sealed_file.read_bytes()
     header = read_sealed_header(data)
     _, plaintext = open_sealed(data, read_private_key(key_file))

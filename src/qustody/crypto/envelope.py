@@ -84,11 +84,11 @@ def _aad(tenant_id: str, ring: str, object_id: str, field: str, prefix: bytes) -
     )
 
 
-def _ring_of(tenant_id: str, key_id: str) -> str:
-    """The ring a key id names, which must be one of ``tenant_id``'s."""
+def _ring_of(tenant_id: str, key_id: str) -> str | None:
+    """The ring a key id names when it is one of ``tenant_id``'s, else None."""
     ref = parse_key_id(key_id)
     if ref is None or ref.ring.split(".", 1)[0] != tenant_id:
-        raise DecryptionError  # damaged, or moved from another tenant
+        return None
     return ref.ring
 
 
@@ -200,10 +200,9 @@ class Envelope:
     ) -> SealedBlob:
         """Encrypt ``plaintext`` for ``field`` of ``object_id`` owned by
         ``tenant_id``, under a fresh DEK wrapped by ``key_id``."""
-        ref = parse_key_id(key_id)
-        if ref is None or ref.ring.split(".", 1)[0] != tenant_id:
+        ring = _ring_of(tenant_id, key_id)
+        if ring is None:  # a caller's bug, not bad data
             raise ValueError(f"key {key_id!r} is not a key of one of tenant {tenant_id!r}'s rings")
-        ring = ref.ring
         dek = AESGCM.generate_key(bit_length=8 * DEK_BYTES)
         wrapped = self.provider_for(key_id).wrap(key_id, dek)
         prefix = bytes((FORMAT_VERSION,)) + os.urandom(NONCE_BYTES)
@@ -220,6 +219,8 @@ class Envelope:
         KeyUnavailable when the key it names cannot be used.
         """
         ring = _ring_of(tenant_id, blob.key_id)
+        if ring is None:
+            raise DecryptionError  # damaged, or moved from another tenant
         body = blob.body
         if len(body) < _PREFIX_BYTES + TAG_BYTES or body[0] != FORMAT_VERSION:
             raise DecryptionError

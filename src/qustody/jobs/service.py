@@ -344,11 +344,9 @@ class JobService:
     def _metadata(self, job: m.Job) -> dict[str, object] | None:
         """The job's name and labels, opened from their sealed form."""
         with self._db.reading() as connection:
-            raw = self._keys.open(connection, job.tenant_id, job.id, METADATA_FIELD)
-        if raw is None:
-            return None
-        parsed: dict[str, object] = json.loads(raw)
-        return parsed
+            return _parse_metadata(
+                self._keys.open(connection, job.tenant_id, job.id, METADATA_FIELD)
+            )
 
     def _load(self, session: Session, caller: Principal, job_id: str) -> m.Job:
         """A job of the caller's tenant, or the same 404 whether missing or foreign."""
@@ -448,8 +446,12 @@ class JobService:
             rows = list(session.scalars(query.order_by(m.Job.id.desc()).limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]
+        with self._db.reading() as connection:
+            sealed = self._keys.open_many(
+                connection, caller.tenant_id, [j.id for j in rows], METADATA_FIELD
+            )
         return JobPage(
-            [view(j, metadata=self._metadata(j)) for j in rows],
+            [view(j, metadata=_parse_metadata(sealed.get(j.id))) for j in rows],
             rows[-1].id if more and rows else None,
         )
 
@@ -597,3 +599,10 @@ def _stored_refusal(refusal: QustodyError | None) -> str | None:
         f"{refusal.title}{where} ({refusal.code}); the submitter was told the details at "
         "submission, and the circuit was not stored"
     )
+
+
+def _parse_metadata(raw: bytes | None) -> dict[str, object] | None:
+    if raw is None:
+        return None
+    parsed: dict[str, object] = json.loads(raw)
+    return parsed

@@ -126,8 +126,6 @@ def open_key_service(
         )
         envelope.add_provider(provider, cached=False)
         tenants[token.tenant_id] = token.name
-    if approval_gate is None:
-        return KeyService(db, envelope, default_provider=platform.name, tenant_providers=tenants)
     return KeyService(
         db,
         envelope,
