@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,18 @@ class Gateway:
         if token:
             env["QUSTODY_TOKEN"] = token
         return env
+
+
+def qustody(gateway: Gateway, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI against ``gateway`` as the holder of ``token``."""
+    return subprocess.run(
+        [sys.executable, "-m", "qustody.cli", *args],
+        env=gateway.env(token),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def auth(token: str) -> dict[str, str]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,20 +17,9 @@ from ocsf_schema import assert_valid
 from qustody.audit.events import event_leaf_hash
 from qustody.audit.merkle import verify_consistency, verify_inclusion
 from qustody.audit.note import Checkpoint, Verifier, open_note
-from support import Gateway, auth
+from support import Gateway, auth, qustody
 
 ONE_QUBIT = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nh q[0];\nmeasure q -> c;'
-
-
-def _cli(gateway: Gateway, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qustody.cli", *args],
-        env=gateway.env(token),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _key(http: httpx.Client) -> Verifier:
@@ -144,7 +131,7 @@ def test_consistency_proofs_link_checkpoints(
     assert "beyond" in beyond.json()["detail"]
 
 
-def test_exports_verify_offline_with_the_cli(
+def test_exports_verify_offline_with_thequstody(
     http: httpx.Client, gateway: Gateway, finished_job: str, tmp_path: Path
 ) -> None:
     key = tmp_path / "log.vkey"
@@ -154,9 +141,9 @@ def test_exports_verify_offline_with_the_cli(
         ("tenant", gateway.tenant_admin_token),
     ):
         out = tmp_path / f"{scope}.jsonl"
-        exported = _cli(gateway, token, "audit", "export", "--scope", scope, "--out", str(out))
+        exported = qustody(gateway, token, "audit", "export", "--scope", scope, "--out", str(out))
         assert exported.returncode == 0, exported.stderr
-        checked = _cli(gateway, None, "audit", "verify", str(out), "--key", str(key))
+        checked = qustody(gateway, None, "audit", "verify", str(out), "--key", str(key))
         assert checked.returncode == 0, checked.stderr
         assert checked.stdout.startswith("OK:")
         assert f"({scope} export)" in checked.stdout
@@ -164,7 +151,9 @@ def test_exports_verify_offline_with_the_cli(
     lines = (tmp_path / "platform.jsonl").read_text().splitlines()
     lines[3] = lines[3].replace('"outcome":"success"', '"outcome":"failure"', 1)
     (tmp_path / "bent.jsonl").write_text("\n".join(lines) + "\n")
-    bent = _cli(gateway, None, "audit", "verify", str(tmp_path / "bent.jsonl"), "--key", str(key))
+    bent = qustody(
+        gateway, None, "audit", "verify", str(tmp_path / "bent.jsonl"), "--key", str(key)
+    )
     assert bent.returncode == 1
     assert "first bad entry: line 4" in bent.stderr
 
@@ -174,7 +163,7 @@ def test_a_witness_cosigns_as_the_log_grows(
 ) -> None:
     vkey = _key(http).encode()
     witness_key = tmp_path / "witness.key"
-    made = _cli(
+    made = qustody(
         gateway,
         None,
         "audit",
@@ -191,7 +180,7 @@ def test_a_witness_cosigns_as_the_log_grows(
     cosigned = []
     for _ in range(2):
         _issue(http, gateway)
-        seen = _cli(
+        seen = qustody(
             gateway,
             None,
             "audit",
@@ -213,7 +202,7 @@ def test_a_witness_cosigns_as_the_log_grows(
     for i, note in enumerate(cosigned):
         notes.append(tmp_path / f"seen{i}.note")
         notes[-1].write_text(note)
-    compared = _cli(
+    compared = qustody(
         gateway,
         None,
         "audit",
@@ -259,7 +248,7 @@ def test_the_siem_command_sends_one_tenants_events(gateway: Gateway, finished_jo
     reader = threading.Thread(target=receive)
     reader.start()
     tenant = gateway.tenancy.tenant_admin.tenant_id
-    sent = _cli(
+    sent = qustody(
         gateway,
         None,
         "audit",

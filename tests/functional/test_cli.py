@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from support import Gateway
+from support import Gateway, qustody
 
 GHZ = Path(__file__).resolve().parents[2] / "examples" / "ghz.qasm"
-
-
-def qustody(gateway: Gateway, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qustody.cli", *args],
-        env=gateway.env(token),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_submit_wait_result_and_listings(gateway: Gateway) -> None:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from qustody.crypto.sealed import XWingPrivateKey, open_sealed, read_private_key
-from support import Gateway, auth
+from support import Gateway, auth, qustody
 
 ONE_QUBIT = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\ncreg c[1];\nh q[0];\nmeasure q -> c;'
-
-
-def _cli(gateway: Gateway, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qustody.cli", *args],
-        env=gateway.env(token),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _finished_job(http: httpx.Client, token: str, **extra: object) -> str:
@@ -100,10 +87,10 @@ def test_sealed_result_and_audit_export_open_only_with_the_tenants_key(
     admin = auth(admin_token)
     job_id = _finished_job(http, gateway.developer_token)
     key_file = tmp_path / "export.key"
-    generated = _cli(gateway, None, "export-key", "generate", "--out", str(key_file))
+    generated = qustody(gateway, None, "export-key", "generate", "--out", str(key_file))
     assert generated.returncode == 0, generated.stderr
     public_key = generated.stdout.strip()
-    registered = _cli(gateway, admin_token, "export-key", "set", public_key)
+    registered = qustody(gateway, admin_token, "export-key", "set", public_key)
     assert registered.returncode == 0, registered.stderr
     key = read_private_key(key_file)
     assert key.fingerprint in registered.stdout
@@ -118,9 +105,9 @@ def test_sealed_result_and_audit_export_open_only_with_the_tenants_key(
     assert b'"counts"' not in sealed.content
 
     out = tmp_path / "result.sealed"
-    saved = _cli(gateway, admin_token, "result", job_id, "--sealed", str(out))
+    saved = qustody(gateway, admin_token, "result", job_id, "--sealed", str(out))
     assert saved.returncode == 0, saved.stderr
-    opened = _cli(gateway, None, "unseal", str(out), "--key", str(key_file))
+    opened = qustody(gateway, None, "unseal", str(out), "--key", str(key_file))
     assert opened.returncode == 0, opened.stderr
     assert json.loads(opened.stdout) == clear
 
@@ -131,9 +118,9 @@ def test_sealed_result_and_audit_export_open_only_with_the_tenants_key(
     assert first["format"] == "qustody-audit-export/1"
     assert first["scope"] == "tenant"
 
-    wrong = _cli(gateway, None, "export-key", "generate", "--out", str(tmp_path / "other.key"))
+    wrong = qustody(gateway, None, "export-key", "generate", "--out", str(tmp_path / "other.key"))
     assert wrong.returncode == 0
-    refused = _cli(gateway, None, "unseal", str(out), "--key", str(tmp_path / "other.key"))
+    refused = qustody(gateway, None, "unseal", str(out), "--key", str(tmp_path / "other.key"))
     assert refused.returncode != 0
     assert key.fingerprint in refused.stderr
     assert XWingPrivateKey.generate().fingerprint not in refused.stderr
@@ -177,7 +164,7 @@ def test_rotation_through_the_api_is_finished_by_the_workers_rewrapper(
     states = {v["version"]: v["state"] for v in payload["versions"]}
     assert states[payload["current_version"]] == "current"
     assert "retired" in states.values()
-    status = _cli(gateway, None, "keys", "status", "--tenant", "acme", "--json")
+    status = qustody(gateway, None, "keys", "status", "--tenant", "acme", "--json")
     assert status.returncode == 0, status.stderr
     assert {r["ring"] for r in json.loads(status.stdout)} == {r["ring"] for r in rings}
     # Results sealed before the rotation still open.
@@ -190,23 +177,23 @@ def test_cli_refuses_bad_local_input_without_a_traceback(gateway: Gateway, tmp_p
     admin_token = gateway.tenant_admin_token
     binary = tmp_path / "binary.secret"
     binary.write_bytes(b"\xff\xfe\x00credential")
-    refused = _cli(gateway, admin_token, "secrets", "set", "bin", "--from-file", str(binary))
+    refused = qustody(gateway, admin_token, "secrets", "set", "bin", "--from-file", str(binary))
     assert refused.returncode != 0
     assert "not UTF-8" in refused.stderr
     assert "Traceback" not in refused.stderr
-    missing = _cli(gateway, admin_token, "export-key", "set", str(tmp_path / "nope.pub"))
+    missing = qustody(gateway, admin_token, "export-key", "set", str(tmp_path / "nope.pub"))
     assert missing.returncode != 0
     assert "qustody-xwing-pub" in missing.stderr
     assert "Traceback" not in missing.stderr
     existing = tmp_path / "already.json"
     existing.write_text("keep me")
     key_file = tmp_path / "k.key"
-    assert _cli(gateway, None, "export-key", "generate", "--out", str(key_file)).returncode == 0
+    assert qustody(gateway, None, "export-key", "generate", "--out", str(key_file)).returncode == 0
     for args in (
         ("unseal", str(existing), "--key", str(key_file), "--out", str(existing)),
         ("result", "job_01J0000000000000000000000", "--sealed", str(existing)),
     ):
-        answer = _cli(gateway, admin_token, *args)
+        answer = qustody(gateway, admin_token, *args)
         assert answer.returncode != 0
         assert "already exists" in answer.stderr
         assert "Traceback" not in answer.stderr
