@@ -318,7 +318,7 @@ def _expired_token(data_dir: Path, principal_id: str, tenant_id: str) -> str:
         "exp": then + 600,
         "scope": "*",
     }
-    header = {"alg": "Ed25519", "kid": key.thumbprint(), "typ": "JWT"}
+    header = {"alg": "Ed25519", "kid": key.thumbprint(), "typ": "at+jwt"}
     return jwt.encode(header, claims, key, algorithms=["Ed25519"])
 
 

@@ -44,6 +44,7 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.TOKEN_ISSUE,
             Action.TOKEN_REVOKE,
             Action.AUDIT_CHECKPOINT,
+            Action.ACCOUNT_SET,
         }
     ),
     "tenant-admin": frozenset(
@@ -72,6 +73,25 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.SECRET_DELETE,
             Action.EXPORTKEY_SET,
             Action.EXPORTKEY_READ,
+            Action.TRUSTRULE_SET,
+            Action.TRUSTRULE_LIST,
+            Action.TRUSTRULE_DELETE,
+            Action.APIKEY_LIST,
+            Action.APIKEY_REVOKE,
+            Action.USER_CREATE,
+            Action.USER_READ,
+            Action.USER_LIST,
+            Action.USER_UPDATE,
+            Action.USER_DELETE,
+            Action.GROUP_CREATE,
+            Action.GROUP_READ,
+            Action.GROUP_LIST,
+            Action.GROUP_UPDATE,
+            Action.GROUP_DELETE,
+            Action.POLICY_READ,
+            Action.POLICY_SET,
+            Action.APIKEY_CREATE,
+            Action.ACCOUNT_SET,
         }
     ),
     "developer": frozenset(
@@ -88,6 +108,7 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.JOB_READ,
             Action.JOB_CANCEL,
             Action.RESULT_READ,
+            Action.ACCOUNT_SET,
         }
     ),
     "viewer": frozenset(
@@ -102,6 +123,7 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.JOB_LIST,
             Action.JOB_READ,
             Action.RESULT_READ,
+            Action.ACCOUNT_SET,
         }
     ),
     "nobody": frozenset(),
@@ -130,6 +152,25 @@ ALLOWED_BY: Mapping[tuple[str, Action], str] = {
     ("tenant-admin", Action.SECRET_DELETE): "tenant-admin-tenant",
     ("tenant-admin", Action.EXPORTKEY_SET): "tenant-admin-tenant",
     ("tenant-admin", Action.EXPORTKEY_READ): "tenant-admin-tenant",
+    ("tenant-admin", Action.TRUSTRULE_SET): "tenant-admin-identity",
+    ("tenant-admin", Action.TRUSTRULE_LIST): "tenant-admin-identity",
+    ("tenant-admin", Action.TRUSTRULE_DELETE): "tenant-admin-identity",
+    ("tenant-admin", Action.APIKEY_LIST): "tenant-admin-identity",
+    ("tenant-admin", Action.APIKEY_REVOKE): "tenant-admin-identity",
+    ("tenant-admin", Action.USER_CREATE): "tenant-admin-identity",
+    ("tenant-admin", Action.USER_READ): "tenant-admin-identity",
+    ("tenant-admin", Action.USER_LIST): "tenant-admin-identity",
+    ("tenant-admin", Action.USER_UPDATE): "tenant-admin-identity",
+    ("tenant-admin", Action.USER_DELETE): "tenant-admin-identity",
+    ("tenant-admin", Action.GROUP_CREATE): "tenant-admin-identity",
+    ("tenant-admin", Action.GROUP_READ): "tenant-admin-identity",
+    ("tenant-admin", Action.GROUP_LIST): "tenant-admin-identity",
+    ("tenant-admin", Action.GROUP_UPDATE): "tenant-admin-identity",
+    ("tenant-admin", Action.GROUP_DELETE): "tenant-admin-identity",
+    ("tenant-admin", Action.POLICY_READ): "tenant-admin-identity",
+    ("tenant-admin", Action.POLICY_SET): "tenant-admin-identity",
+    ("tenant-admin", Action.APIKEY_CREATE): "tenant-admin-principal-credentials",
+    ("tenant-admin", Action.ACCOUNT_SET): "tenant-admin-principal-credentials",
     ("platform-admin", Action.AUDIT_CHECKPOINT): "platform-admin-audit",
     ("developer", Action.PROJECT_READ): "developer-project",
     ("developer", Action.JOB_SUBMIT): "developer-project",
@@ -148,6 +189,7 @@ _MEMBER_PERMITS: Mapping[Action, str] = {
     Action.BACKEND_READ: "member-backend-read",
     Action.TOKEN_ISSUE: "member-own-principal-tokens",
     Action.TOKEN_REVOKE: "member-own-tokens",
+    Action.ACCOUNT_SET: "member-own-account",
 }
 
 
@@ -212,6 +254,7 @@ def resource_for(
             | Action.TENANT_LIST
             | Action.BACKEND_LIST
             | Action.AUTH_FAIL
+            | Action.AUTH_LOGIN
             | Action.ADMIN_INIT
             | Action.AUDIT_CHECKPOINT
             | Action.CONFIG_LOAD
@@ -239,8 +282,27 @@ def resource_for(
             | Action.SECRET_USE
             | Action.EXPORTKEY_SET
             | Action.EXPORTKEY_READ
+            | Action.TRUSTRULE_SET
+            | Action.TRUSTRULE_LIST
+            | Action.TRUSTRULE_DELETE
+            | Action.APIKEY_LIST
+            | Action.APIKEY_REVOKE
+            | Action.USER_CREATE
+            | Action.USER_READ
+            | Action.USER_LIST
+            | Action.USER_UPDATE
+            | Action.USER_DELETE
+            | Action.GROUP_CREATE
+            | Action.GROUP_READ
+            | Action.GROUP_LIST
+            | Action.GROUP_UPDATE
+            | Action.GROUP_DELETE
+            | Action.POLICY_READ
+            | Action.POLICY_SET
         ):
             return Resource(type="tenant", id=tenant, tenant_id=tenant)
+        case Action.TOKEN_EXCHANGE | Action.APIKEY_CREATE | Action.ACCOUNT_SET:
+            return Resource(type="principal", id=owner, tenant_id=tenant)
         case Action.PROJECT_READ | Action.JOB_SUBMIT | Action.JOB_LIST:
             return Resource(
                 type="project",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from qustody.domain.ids import JobId, PrincipalId, ProjectId, TenantId
@@ -31,6 +32,14 @@ class Principal:
     #: Authentication assurance (NIST SP 800-63B): ``aal1`` single factor,
     #: ``aal2`` multi-factor; MFA-backed sign-in raises it.
     auth_strength: str = "aal1"
+    #: From the sign-in (OIDC ``acr``, ``amr``, ``auth_time``), carried by the
+    #: Qustody token; ``None``/empty when the token came from elsewhere.
+    acr: str | None = None
+    amr: frozenset[str] = frozenset()
+    auth_time: datetime | None = None
+    #: The JWK thumbprint a sender-constrained (DPoP, RFC 9449) token is bound
+    #: to; set only once this request's DPoP proof has been verified.
+    dpop_jkt: str | None = None
 
     def roles_for(self, project_id: ProjectId | None) -> frozenset[Role]:
         roles = set(self.tenant_roles)

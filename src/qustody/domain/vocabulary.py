@@ -26,7 +26,33 @@ class Action(StrEnum):
     TOKEN_ISSUE = "token:issue"  # noqa: S105 (an action name, not a secret)
     TOKEN_REVOKE = "token:revoke"  # noqa: S105
     AUTH_FAIL = "auth:fail"
+    AUTH_LOGIN = "auth:login"  # a person signed in (OIDC, local account) and got a token
     ADMIN_INIT = "admin:init"
+    # workload identity: an external token exchanged for a Qustody token (RFC 8693)
+    TOKEN_EXCHANGE = "token:exchange"  # noqa: S105 (an action name, not a secret)
+    TRUSTRULE_SET = "trustrule:set"
+    TRUSTRULE_LIST = "trustrule:list"
+    TRUSTRULE_DELETE = "trustrule:delete"
+    # API keys, only where federation is impossible
+    APIKEY_CREATE = "apikey:create"
+    APIKEY_LIST = "apikey:list"
+    APIKEY_REVOKE = "apikey:revoke"
+    # local accounts (embedded mode, development only): password and TOTP
+    ACCOUNT_SET = "account:set"
+    # SCIM provisioning of a tenant's users and groups
+    USER_CREATE = "user:create"
+    USER_READ = "user:read"
+    USER_LIST = "user:list"
+    USER_UPDATE = "user:update"
+    USER_DELETE = "user:delete"
+    GROUP_CREATE = "group:create"
+    GROUP_READ = "group:read"
+    GROUP_LIST = "group:list"
+    GROUP_UPDATE = "group:update"
+    GROUP_DELETE = "group:delete"
+    # a tenant's own Cedar policies (they can only narrow the platform's)
+    POLICY_READ = "policy:read"
+    POLICY_SET = "policy:set"
     # the audit log: searching a tenant's events, exporting, issuing a checkpoint
     AUDIT_READ = "audit:read"
     AUDIT_EXPORT = "audit:export"

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -43,11 +44,14 @@ from qustody.storage import models as m
 from qustody.storage.db import Database
 
 ALGORITHM = "Ed25519"
+#: The JOSE ``typ`` of a Qustody access token (RFC 9068).
+TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 
 # Every request runs these two lookups: Core statements on a bare connection
 # (a third of the cost of the same queries through an ORM session).
 _ISSUED = m.ISSUED_TOKENS
 _PRINCIPALS = m.PRINCIPALS
+_TENANTS = m.TENANTS
 _TOKEN_AND_PRINCIPAL = (
     select(
         _ISSUED.c.jti,
@@ -55,11 +59,21 @@ _TOKEN_AND_PRINCIPAL = (
         _ISSUED.c.tenant_id,
         _ISSUED.c.scopes,
         _ISSUED.c.revoked_at,
+        _ISSUED.c.issued_at,
+        _ISSUED.c.auth_method,
+        _ISSUED.c.acr,
+        _ISSUED.c.amr,
+        _ISSUED.c.auth_time,
+        _ISSUED.c.jkt,
         _PRINCIPALS.c.tenant_id.label("principal_tenant_id"),
         _PRINCIPALS.c.name,
         _PRINCIPALS.c.kind,
+        _PRINCIPALS.c.active,
+        _PRINCIPALS.c.tokens_not_before.label("principal_not_before"),
+        _TENANTS.c.tokens_not_before.label("tenant_not_before"),
     )
     .join(_PRINCIPALS, _PRINCIPALS.c.id == _ISSUED.c.principal_id)
+    .join(_TENANTS, _TENANTS.c.id == _PRINCIPALS.c.tenant_id)
     .where(_ISSUED.c.jti == bindparam("jti"))
 )
 _MEMBERSHIPS = select(m.MEMBERSHIPS.c.role, m.MEMBERSHIPS.c.project_id).where(
@@ -117,6 +131,38 @@ class IssuedToken:
         )
 
 
+#: ``amr`` values (RFC 8176) that are a second factor or a multi-factor
+#: method in themselves.
+MFA_METHODS = frozenset({"mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "iris", "pop"})
+
+
+def assurance(amr: Iterable[str]) -> str:
+    """NIST SP 800-63B assurance level from a sign-in's ``amr``: ``aal2`` when
+    it names a multi-factor method, else ``aal1``."""
+    return "aal2" if MFA_METHODS.intersection(amr) else "aal1"
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """How the holder of a token authenticated, carried into the token."""
+
+    #: ``qustody-token`` (issued by an admin), ``oidc``, ``token-exchange``,
+    #: ``api-key``, ``local``.
+    method: str = "qustody-token"
+    #: Where it came from: an issuer, a trust rule id, an API key id. No secrets.
+    source: str | None = None
+    acr: str | None = None
+    amr: tuple[str, ...] = ()
+    auth_time: datetime | None = None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; they are UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 def parse_scopes(scopes: Iterable[str] | None) -> tuple[str, ...]:
     wanted = tuple(sorted(set(scopes or ("*",))))
     unknown = [s for s in wanted if s not in SCOPES]
@@ -152,8 +198,17 @@ class TokenService:
         tenant_id: str,
         scopes: Iterable[str] | None = None,
         ttl_seconds: int | None = None,
+        sign_in: SignIn | None = None,
+        jkt: str | None = None,
     ) -> IssuedToken:
-        """Sign a token and record its ``jti`` on ``session`` (commit with the caller)."""
+        """Sign a token and record its ``jti`` on ``session`` (commit with the caller).
+
+        ``sign_in`` says how the holder authenticated (its ``acr``, ``amr`` and
+        ``auth_time`` become claims, for step-up); ``jkt`` binds the token to a
+        DPoP key (claim ``cnf.jkt``, RFC 9449): it is then usable only with a
+        proof signed by that key.
+        """
+        how = sign_in or SignIn()
         ttl = self.max_ttl_seconds if ttl_seconds is None else ttl_seconds
         if not 1 <= ttl <= self.max_ttl_seconds:
             raise InvalidTTL(
@@ -176,7 +231,15 @@ class TokenService:
             "exp": int(expires.timestamp()),
             "scope": " ".join(scope_list),
         }
-        header = {"alg": ALGORITHM, "kid": self._key.kid, "typ": "JWT"}
+        if how.acr is not None:
+            claims["acr"] = how.acr
+        if how.amr:
+            claims["amr"] = list(how.amr)
+        if how.auth_time is not None:
+            claims["auth_time"] = int(how.auth_time.timestamp())
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
+        header = {"alg": ALGORITHM, "kid": self._key.kid, "typ": TOKEN_TYPE}
         token = jwt.encode(header, claims, self._key.jwk, algorithms=[ALGORITHM])
         session.add(
             m.IssuedToken(
@@ -186,6 +249,12 @@ class TokenService:
                 scopes=" ".join(scope_list),
                 issued_at=now,
                 expires_at=expires,
+                auth_method=how.method,
+                source=how.source,
+                acr=how.acr,
+                amr=" ".join(how.amr) or None,
+                auth_time=how.auth_time,
+                jkt=jkt,
             )
         )
         return IssuedToken(token, jti, principal_id, tenant_id, scope_list, expires)
@@ -206,6 +275,10 @@ class TokenService:
             raise MalformedToken(
                 "the bearer token could not be decoded; send the token Qustody issued."
             ) from None
+        if decoded.header.get("typ") != TOKEN_TYPE:
+            # RFC 8725 section 3.11: a JWT of another kind (an ID token, a DPoP
+            # proof) signed by the same key is not an access token.
+            raise InvalidToken("the bearer token is not a Qustody access token.")
         claims = dict(decoded.claims)
         now = int(datetime.now(UTC).timestamp())
         try:
@@ -238,9 +311,14 @@ class TokenService:
                 raise InvalidToken("Qustody has no record of issuing this token.")
             if row.principal_id != claims["sub"] or row.tenant_id != claims["tid"]:
                 raise InvalidToken("the bearer token's claims do not match its record.")
-            if row.revoked_at is not None:
+            if row.revoked_at is not None or _cut_off(row):
                 raise RevokedToken("the bearer token was revoked; ask Qustody for a new token.")
+            if not row.active:
+                raise RevokedToken(
+                    "the bearer token's principal is deactivated; ask your tenant admin."
+                )
             memberships = connection.execute(_MEMBERSHIPS, {"principal": row.principal_id}).all()
+        amr = frozenset((row.amr or "").split())
         tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
         project_roles = tuple(
             (ProjectId(ms.project_id), Role(ms.role))
@@ -254,9 +332,16 @@ class TokenService:
             kind="workload" if row.kind == "workload" else "user",
             token_id=row.jti,
             scopes=frozenset(row.scopes.split()),
-            auth_method="qustody-token",
+            auth_method=row.auth_method,
             tenant_roles=tenant_roles,
             project_roles=project_roles,
+            auth_strength=assurance(amr),
+            acr=row.acr,
+            amr=amr,
+            auth_time=_aware(row.auth_time),
+            # The thumbprint the token is bound to: the API layer verifies this
+            # request's DPoP proof against it before the principal goes further.
+            dpop_jkt=row.jkt,
         )
 
     def revoke(self, session: Session, jti: str) -> m.IssuedToken | None:
@@ -264,3 +349,13 @@ class TokenService:
         if row is not None and row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
         return row
+
+
+def _cut_off(row: Any) -> bool:
+    """Whether the token was issued before its principal's or tenant's cut-off."""
+    issued = _aware(row.issued_at)
+    for cut in (row.principal_not_before, row.tenant_not_before):
+        cut = _aware(cut)
+        if cut is not None and issued is not None and issued < cut:
+            return True
+    return False

@@ -26,6 +26,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
@@ -54,6 +56,10 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    #: IANA time zone for policies that speak of "tenant time".
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC", default="UTC")
+    #: Every token of the tenant issued before this instant is revoked.
+    tokens_not_before: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class Project(Base):
@@ -74,6 +80,17 @@ class Principal(Base):
     name: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    #: False once deprovisioned (SCIM ``active: false``, or deleted): no sign-in.
+    active: Mapped[bool] = mapped_column(Boolean, server_default=true(), default=True)
+    display_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    #: The identity provider's own id for this user (SCIM ``externalId``).
+    external_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    #: Bumped on every change; the SCIM ETag.
+    version: Mapped[int] = mapped_column(Integer, server_default="1", default=1)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: Every token of this principal issued before this instant is revoked.
+    tokens_not_before: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 class Membership(Base):
@@ -93,6 +110,9 @@ class IssuedToken(Base):
     """What was issued, for revocation and review; never the token itself."""
 
     __tablename__ = "issued_tokens"
+    __table_args__ = (
+        Index("ix_issued_tokens_principal_id_issued_at", "principal_id", "issued_at"),
+    )
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
     principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
@@ -100,6 +120,19 @@ class IssuedToken(Base):
     issued_at: Mapped[datetime] = mapped_column(Timestamp)
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: How the holder authenticated to get it (``qustody-token``, ``oidc``,
+    #: ``token-exchange``, ``api-key``, ``local``).
+    auth_method: Mapped[str] = mapped_column(
+        String(32), server_default="qustody-token", default="qustody-token"
+    )
+    #: Where it came from (an issuer, a trust rule, an API key id); no secrets.
+    source: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The sign-in's assurance (OIDC ``acr``, space-separated ``amr``, ``auth_time``).
+    acr: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    amr: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    auth_time: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: The DPoP key thumbprint (RFC 7638) a sender-constrained token is bound to.
+    jkt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Job(Base):
@@ -247,6 +280,138 @@ class ExportKey(Base):
     created_by: Mapped[str] = mapped_column(String(64))
 
 
+class FederatedIdentity(Base):
+    """An external issuer's subject, signed in as a principal of a tenant."""
+
+    __tablename__ = "federated_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_login_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class LoginRequest(Base):
+    """A browser sign-in between the redirect to the identity provider and
+    its callback: single use, minutes long."""
+
+    __tablename__ = "login_requests"
+    state: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(String(1024))
+    return_to: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class TrustRule(Base):
+    """Workload identity: tokens of ``issuer`` for ``audience`` whose claims
+    meet ``conditions`` are exchanged for a token of ``principal_id``."""
+
+    __tablename__ = "trust_rules"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(512), index=True)
+    audience: Mapped[str] = mapped_column(String(512))
+    conditions: Mapped[dict[str, object]] = mapped_column(JSON)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
+    scopes: Mapped[str] = mapped_column(String(512))
+    ttl_seconds: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=true(), default=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class DpopProof(Base):
+    """A DPoP proof already seen (RFC 9449 section 11.1), kept until it expires."""
+
+    __tablename__ = "dpop_proofs"
+    jkt: Mapped[str] = mapped_column(String(64), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class LocalAccount(Base):
+    """Embedded mode's own sign-in (development only): an Argon2id password
+    hash; the TOTP secret is sealed (field ``totp`` of the principal)."""
+
+    __tablename__ = "local_accounts"
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    #: The last TOTP time step accepted: a code is good once.
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failed_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ScimGroup(Base):
+    """A group the tenant's identity provider provisions; its members hold
+    ``role`` (in ``project_id``, or tenant-wide) while they are members."""
+
+    __tablename__ = "scim_groups"
+    __table_args__ = (UniqueConstraint("tenant_id", "display_name"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    external_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    version: Mapped[int] = mapped_column(Integer, server_default="1", default=1)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ScimGroupMember(Base):
+    __tablename__ = "scim_group_members"
+    group_id: Mapped[str] = mapped_column(Id, ForeignKey("scim_groups.id"), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(
+        Id, ForeignKey("principals.id"), primary_key=True, index=True
+    )
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+
+
+class TenantPolicy(Base):
+    """One version of a tenant's Cedar policies; append-only, newest in force."""
+
+    __tablename__ = "tenant_policies"
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    comment: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
 class AuditEvent(Base):
     """Append-only: database triggers refuse UPDATE and DELETE."""
 
@@ -343,3 +508,13 @@ KEY_VERSIONS = cast(Table, KeyVersion.__table__)
 DESTRUCTION_CERTIFICATES = cast(Table, DestructionCertificate.__table__)
 SECRETS = cast(Table, Secret.__table__)
 EXPORT_KEYS = cast(Table, ExportKey.__table__)
+TENANTS = cast(Table, Tenant.__table__)
+FEDERATED_IDENTITIES = cast(Table, FederatedIdentity.__table__)
+LOGIN_REQUESTS = cast(Table, LoginRequest.__table__)
+TRUST_RULES = cast(Table, TrustRule.__table__)
+DPOP_PROOFS = cast(Table, DpopProof.__table__)
+API_KEYS = cast(Table, ApiKey.__table__)
+LOCAL_ACCOUNTS = cast(Table, LocalAccount.__table__)
+SCIM_GROUPS = cast(Table, ScimGroup.__table__)
+SCIM_GROUP_MEMBERS = cast(Table, ScimGroupMember.__table__)
+TENANT_POLICIES = cast(Table, TenantPolicy.__table__)
