@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from qustody.domain.errors import AuthenticationError, Conflict, InvalidRequest
+from qustody.domain.errors import (
+    AuthenticationError,
+    Conflict,
+    InvalidRequest,
+    ServiceUnavailable,
+)
 
 
 class MissingToken(AuthenticationError):
@@ -25,6 +30,52 @@ class InvalidToken(AuthenticationError):
 class ExpiredToken(AuthenticationError):
     code = "expired_token"
     title = "Expired bearer token"
+
+
+class UnknownKey(InvalidToken):
+    """A JWT signed with a key its issuer does not publish (any more)."""
+
+    code = "unknown_key"
+    title = "Unknown signing key"
+
+
+class DisallowedAlgorithm(InvalidToken):
+    code = "disallowed_algorithm"
+    title = "Signing algorithm not allowed"
+
+
+class WrongIssuer(InvalidToken):
+    code = "wrong_issuer"
+    title = "Token from another issuer"
+
+
+class UntrustedIssuer(InvalidToken):
+    """An issuer that no configuration (provider, trust rule) names."""
+
+    code = "untrusted_issuer"
+    title = "Untrusted token issuer"
+
+
+class WrongAudience(InvalidToken):
+    code = "wrong_audience"
+    title = "Token for another audience"
+
+
+class WrongTokenType(InvalidToken):
+    code = "wrong_token_type"
+    title = "Wrong kind of token"
+
+
+class TokenNotYetValid(InvalidToken):
+    code = "token_not_yet_valid"
+    title = "Token not valid yet"
+
+
+class IssuerUnavailable(ServiceUnavailable):
+    """An external issuer's metadata or keys could not be fetched."""
+
+    code = "issuer_unavailable"
+    title = "Identity provider unavailable"
 
 
 class RevokedToken(AuthenticationError):
