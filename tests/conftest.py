@@ -137,3 +137,24 @@ def pkcs11_provider(softhsm: SoftHsm, hsm_token: Token) -> Iterator[Pkcs11Provid
         yield provider
     finally:
         provider.close()
+
+
+# OpenID Connect: a real provider (panva/oidc-provider on Node.js) on loopback.
+
+from oidc import TestIdp, oidc_provider_problem, start_idp  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdp]:
+    """The test OpenID provider, one per run. Skips when Node.js or the
+    provider package is missing, except in CI (``CI=true``): a failure there."""
+    problem = oidc_provider_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    idp = start_idp(tmp_path_factory.mktemp("oidc-provider"))
+    try:
+        yield idp
+    finally:
+        idp.stop()

@@ -396,6 +396,9 @@ class JwtVerifier:
     def http(self) -> httpx.Client:
         return self._http
 
+    def close(self) -> None:
+        self._http.close()
+
     def now(self) -> float:
         return self._clock()
 
