@@ -117,6 +117,47 @@ def ensure_softhsm() -> None:
         )
 
 
+OIDC_PROVIDER = ROOT / "tests" / "oidc_provider"  # the OpenID provider the tests run against
+
+
+def ensure_oidc_provider() -> None:
+    """``npm ci`` the test OpenID provider (panva/oidc-provider) when its
+    packages are missing or its lock file changed; without npm, say that the
+    OpenID Connect tests will be skipped."""
+    lock = OIDC_PROVIDER / "package-lock.json"
+    stamp = OIDC_PROVIDER / "node_modules" / ".qustody-lock-sha256"
+    wanted = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == wanted:
+        return
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        print(
+            "qustody: note: Node.js and npm are not installed, so the OpenID Connect tests "
+            "(a real provider, tests/oidc_provider) will be skipped (and fail under CI=true); "
+            "install Node.js 20 or newer",
+            flush=True,
+        )
+        return
+    print("qustody: installing the test OpenID provider: npm ci in tests/oidc_provider", flush=True)
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=OIDC_PROVIDER,
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    if done.returncode != 0:
+        print(done.stdout[-2000:], end="")
+        print(
+            "qustody: note: npm ci failed, so the OpenID Connect tests will be skipped "
+            "(and fail under CI=true)",
+            flush=True,
+        )
+        return
+    stamp.write_text(wanted + "\n")
+
+
 def _exec(argv: list[str]) -> None:
     env = dict(os.environ, VIRTUAL_ENV=str(VENV))
     env["PATH"] = f"{_bin('python').parent}{os.pathsep}{env.get('PATH', '')}"
@@ -132,6 +173,8 @@ def main(args: list[str]) -> None:
     ensure_environment()
     if command in {"serve", "test", "bench"}:
         ensure_softhsm()
+    if command == "test":
+        ensure_oidc_provider()
     if command == "serve":
         _exec([str(_bin("qustody")), "serve", "--embedded", "--demo", *args[1:]])
     elif command == "test":
