@@ -9,6 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy.engine import URL
 
 from qustody.api.app import Runtime, build_runtime
 from qustody.storage.db import Database
@@ -29,8 +32,12 @@ def _pg_available() -> str | None:
 def postgres_server() -> Iterator[str]:
     """A fresh PostgreSQL database for this test run, dropped afterwards.
 
-    Yields a SQLAlchemy URL. Skips when no server answers, except in CI
-    (``CI=true``), where a missing server is a failure.
+    Yields a SQLAlchemy URL that connects as a role of this run, created
+    with the database and owning it: not a superuser and without
+    ``BYPASSRLS``, so row-level security binds it as it binds the gateway in
+    production (``CREATEDB`` lets the benchmarks' smoke runs make their own
+    databases). Skips when no server answers, except in CI (``CI=true``),
+    where a missing server is a failure.
     """
     problem = _pg_available()
     if problem:
@@ -38,14 +45,35 @@ def postgres_server() -> Iterator[str]:
             pytest.fail(problem)
         pytest.skip(problem)
     name = f"qustody_test_{os.getpid()}_{secrets.token_hex(4)}"
+    password = secrets.token_hex(16)
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS PASSWORD {}").format(
+                sql.Identifier(name), sql.Literal(password)
+            )
+        )
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(name)
+            )
+        )
+    admin = conninfo_to_dict(PG_ADMIN_DSN)
+    url = URL.create(
+        "postgresql+psycopg",
+        username=name,
+        password=password,
+        host=str(admin.get("host") or "127.0.0.1"),
+        port=int(admin.get("port") or 5432),
+        database=name,
+    )
     try:
-        yield f"{base}/{name}"
+        yield url.render_as_string(hide_password=False)
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy import Engine, create_engine
 
 from qustody.api.app import Runtime
 from qustody.domain.models import Principal, RequestContext
@@ -153,6 +154,15 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], log: Path, timeout: fl
         if server.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(log.read_text()[-3000:])
         time.sleep(0.1)
+
+
+def inspection_engine(database_url: str) -> Engine:
+    """An engine for a test that inspects everything stored: on PostgreSQL its
+    connections default to the ``system`` row-level security scope, which the
+    gateway's own transactions never inherit (each sets its scope)."""
+    if database_url.startswith("sqlite"):
+        return create_engine(database_url)
+    return create_engine(database_url, connect_args={"options": "-c qustody.tenant_id=system"})
 
 
 def free_port() -> int:

@@ -57,13 +57,13 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from joserfc import jwt
 from joserfc.jwk import OKPKey
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from qustody.api.app import build_runtime
 from qustody.audit.note import Signer
 from qustody.crypto import local
 from qustody.crypto.local import LocalKeyring, parse_master_key
-from support import Gateway, free_port, make_settings, seed, wait_ready
+from support import Gateway, free_port, inspection_engine, make_settings, seed, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -592,7 +592,7 @@ def _key_secrets(data_dir: Path, database_url: str) -> list[Secret]:
     assert keks, "the keyring holds no keys"
     for (ring, version), entry in sorted(keks.items()):
         found.append(secret(f"KEK {ring} v{version}", entry.material.reveal()))
-    engine = create_engine(database_url)
+    engine = inspection_engine(database_url)
     try:
         with engine.connect() as connection:
             sealed = connection.execute(
@@ -634,7 +634,7 @@ def _key_secrets(data_dir: Path, database_url: str) -> list[Secret]:
 
 def _audit_rows(database_url: str) -> list[Artifact]:
     rows: list[Artifact] = []
-    engine = create_engine(database_url)
+    engine = inspection_engine(database_url)
     try:
         with engine.connect() as connection:
             for table in AUDIT_TABLES:

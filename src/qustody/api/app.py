@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qustody import __version__
 from qustody.api import problems
+from qustody.api.isolation import RequestScope
 from qustody.api.routes import admin, audit, health, jobs, keys
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
@@ -103,6 +104,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(settings.resolved_database_url)
     db.migrate()
+    db.check_isolation(production=not development)
     keys = open_key_service(settings, db)
     tokens = TokenService(
         db,
@@ -340,6 +342,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         app.include_router(router)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(RequestScope)  # no tenant's rows until the caller is known
     app.add_middleware(RequestId)  # outermost: every answer carries its id
     if settings.mode != "production":
         warnings.warn(

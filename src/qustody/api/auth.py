@@ -17,6 +17,7 @@ from qustody.domain.errors import AuthenticationError
 from qustody.domain.models import Principal, RequestContext
 from qustody.domain.vocabulary import Action
 from qustody.identity.errors import MissingToken
+from qustody.storage.db import SYSTEM, bind_scope, system_scope, tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,11 @@ def authenticate(request: Request) -> Caller:
                 "this endpoint needs 'Authorization: Bearer <token>'; get a token with "
                 "`qustody token issue` or from your tenant admin."
             )
-        principal = services.tokens.authenticate(token.strip())
+        # The tenant is not known yet: sign-in lookups run in system scope.
+        with system_scope():
+            principal = services.tokens.authenticate(token.strip())
     except AuthenticationError as error:
-        with services.db.write() as session:
+        with services.db.write(scope=SYSTEM) as session:
             record(
                 session,
                 Action.AUTH_FAIL,
@@ -61,4 +64,16 @@ def authenticate(request: Request) -> Caller:
     return Caller(principal, context)
 
 
-CallerDep = Annotated[Caller, Depends(authenticate)]
+async def tenant_bound(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+    """The caller, with its tenant bound as the database scope for the rest of
+    the request (row-level security, :mod:`qustody.storage.db`).
+
+    Async on purpose: it runs in the request's own task, whose context the
+    threads that run the handler copy; a sync dependency runs in a copy of
+    its own, and a binding made there would end with it.
+    """
+    bind_scope(tenant(caller.principal.tenant_id))
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(tenant_bound)]

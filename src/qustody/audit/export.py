@@ -29,7 +29,7 @@ from sqlalchemy import and_, select
 
 from qustody.audit.events import FIELDS, FORMAT, utc_text
 from qustody.audit.log import AuditLog, StoredCheckpoint, proof_text
-from qustody.storage.db import Database
+from qustody.storage.db import SYSTEM, Database, tenant
 from qustody.storage.models import AUDIT_EVENTS, AUDIT_TREE
 
 EXPORT_FORMAT = "qustody-audit-export/1"
@@ -67,7 +67,8 @@ def events_with_leaves(
         query = WITH_LEAF.where(AUDIT_EVENTS.c.seq > after, AUDIT_EVENTS.c.seq <= upto)
         if tenant_id is not None:
             query = query.where(AUDIT_EVENTS.c.tenant_id == tenant_id)
-        with db.reading() as connection:
+        # The whole log spans every tenant (and the platform's own events).
+        with db.reading(scope=SYSTEM if tenant_id is None else tenant(tenant_id)) as connection:
             rows = connection.execute(query.order_by(AUDIT_EVENTS.c.seq).limit(_PAGE)).all()
         yield from rows
         if len(rows) < _PAGE:

@@ -46,7 +46,7 @@ from qustody.audit.merkle import (
 from qustody.audit.note import Checkpoint, Signer, Verifier, sign
 from qustody.crypto.files import check_private, create_private
 from qustody.domain.errors import ConfigurationError, InvalidRequest
-from qustody.storage.db import Database
+from qustody.storage.db import SYSTEM, Database
 from qustody.storage.models import (
     AUDIT_CHECKPOINTS,
     AUDIT_EVENTS,
@@ -164,7 +164,8 @@ class AuditLog:
                 return size
 
     def _integrate_batch(self) -> tuple[int, int]:
-        with self._db.writing() as connection:
+        # Every tenant's events, and the platform's: system scope, whoever asks.
+        with self._db.writing(scope=SYSTEM) as connection:
             # The row lock (PostgreSQL) serializes integrators; SQLite has one writer.
             size = int(connection.execute(_TREE_SIZE.with_for_update()).scalar_one())
             events = connection.execute(

@@ -33,7 +33,7 @@ from qustody.identity.errors import AlreadyInitialized, NameTaken
 from qustody.identity.tokens import IssuedToken, TokenService
 from qustody.policy.guard import Guard, not_found
 from qustody.storage import models as m
-from qustody.storage.db import Database
+from qustody.storage.db import SYSTEM, Database
 
 PLATFORM_TENANT = "platform"
 
@@ -86,7 +86,7 @@ class AdminService:
         """Create the platform tenant and its first platform admin, once."""
         _check_name(admin_name, "admin_name", _PRINCIPAL_NAME)
         now = datetime.now(UTC)
-        with self._db.write() as session:
+        with self._db.write(scope=SYSTEM) as session:
             if session.scalar(select(m.Tenant).where(m.Tenant.name == PLATFORM_TENANT)):
                 raise AlreadyInitialized(
                     "Qustody is already initialized; ask the platform admin for a token "
@@ -108,7 +108,7 @@ class AdminService:
         self, principal_name: str, tenant_name: str = PLATFORM_TENANT
     ) -> IssuedToken:
         """A token for a principal, issued by the local operator (who holds the database)."""
-        with self._db.write() as session:
+        with self._db.write(scope=SYSTEM) as session:
             row = session.execute(
                 select(m.Principal)
                 .join(m.Tenant, m.Tenant.id == m.Principal.tenant_id)
@@ -137,7 +137,8 @@ class AdminService:
         )
         now = datetime.now(UTC)
         try:
-            with self._db.write() as session:
+            # A platform admin writes a new tenant's rows: system scope.
+            with self._db.write(scope=SYSTEM) as session:
                 tenant = m.Tenant(id=new_tenant_id(), name=name, created_at=now)
                 session.add(tenant)
                 session.flush()
@@ -162,17 +163,23 @@ class AdminService:
         self._guard.check(
             caller, Action.TENANT_LIST, Resource("platform", "platform", None), request
         )
-        with self._db.read() as session:
+        with self._db.read(scope=SYSTEM) as session:
             return session.scalars(select(m.Tenant).order_by(m.Tenant.created_at)).all()
 
     def get_tenant(self, caller: Principal, request: RequestContext, tenant_id: str) -> m.Tenant:
-        with self._db.read() as session:
-            tenant = session.get(m.Tenant, tenant_id) if looks_like_id(tenant_id) else None
+        if not looks_like_id(tenant_id):
+            raise not_found("tenant", tenant_id[:80])
+        # A tenant's id is all the decision needs, so it comes first: another
+        # tenant's id is refused and audited whether or not it exists.
+        self._guard.check(
+            caller, Action.TENANT_READ, Resource("tenant", tenant_id, TenantId(tenant_id)), request
+        )
+        # Platform admins read any tenant; everyone else their own at most.
+        scope = SYSTEM if Role.PLATFORM_ADMIN in caller.tenant_roles else None
+        with self._db.read(scope=scope) as session:
+            tenant = session.get(m.Tenant, tenant_id)
         if tenant is None:
             raise not_found("tenant", tenant_id)
-        self._guard.check(
-            caller, Action.TENANT_READ, Resource("tenant", tenant.id, TenantId(tenant.id)), request
-        )
         return tenant
 
     # -- projects ---------------------------------------------------------------

@@ -41,7 +41,7 @@ from qustody.identity.errors import (
     RevokedToken,
 )
 from qustody.storage import models as m
-from qustody.storage.db import Database
+from qustody.storage.db import Database, tenant
 
 ALGORITHM = "Ed25519"
 #: The JOSE ``typ`` of a Qustody access token (RFC 9068).
@@ -305,7 +305,12 @@ class TokenService:
     def authenticate(self, token: str) -> Principal:
         """Verify ``token`` and build the :class:`Principal` it stands for."""
         claims = self._claims(token)
-        with self._db.reading() as connection:
+        try:
+            # The signed tenant claim scopes the lookup (row-level security).
+            scope = tenant(str(claims["tid"]))
+        except ValueError:
+            raise InvalidToken("the bearer token names no tenant; ask for a new token.") from None
+        with self._db.reading(scope=scope) as connection:
             row = connection.execute(_TOKEN_AND_PRINCIPAL, {"jti": claims["jti"]}).one_or_none()
             if row is None:
                 raise InvalidToken("Qustody has no record of issuing this token.")

@@ -3,6 +3,26 @@
 SQLite runs in WAL mode with a busy timeout; a write transaction starts with
 ``BEGIN IMMEDIATE`` so two writers queue on the database lock instead of
 failing half-way with "database is locked" when a read lock is upgraded.
+
+Tenant scope (PostgreSQL). Every tenant-owned table has a row-level security
+policy (migration 0006) keyed on the transaction-local setting
+``qustody.tenant_id``, which each transaction sets as its first statement:
+
+- a tenant id: the transaction sees and writes that tenant's rows only;
+- :data:`SYSTEM`: every row (workers, the audit integrator, the key
+  rewrapper, platform-admin operations, sign-in lookups before the tenant
+  is known);
+- :data:`NO_TENANT` (or no setting at all, as for any connection that
+  bypasses this class): no tenant's rows.
+
+Which scope a transaction gets: the ``scope=`` its caller passes to
+:meth:`Database.write` (and ``read``, ``reading``, ``writing``); else the scope
+bound to the current context (:func:`tenant_scope`, :func:`system_scope`,
+:func:`bind_scope`); else :data:`SYSTEM`. Processes that serve no request
+(the worker, CLI commands, start-up) are the platform itself; the API binds
+:data:`NO_TENANT` at the start of each request and the caller's tenant once
+the caller is authenticated, so request paths never run unbound. SQLite has
+no row-level security: there the scope is not sent.
 """
 
 from __future__ import annotations
@@ -11,8 +31,10 @@ import fcntl
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +44,71 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from qustody.domain.errors import ServiceUnavailable
+from qustody.domain.errors import (
+    ConfigurationError,
+    InsecureDevelopmentWarning,
+    ServiceUnavailable,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "qustody_write"
+_SCOPE = "qustody_scope"
 #: How long a SQLite writer waits for its turn before the request gets a 503.
 WRITER_WAIT_SECONDS = 30.0
+
+#: The scope that sees every tenant's rows (and the platform's own audit events).
+SYSTEM = "system"
+#: The scope that sees no tenant's rows: a request before its caller is known.
+NO_TENANT = ""
+#: The setting the row-level security policies read (migration 0006).
+SCOPE_SETTING = "qustody.tenant_id"
+_SET_SCOPE = f"SELECT set_config('{SCOPE_SETTING}', %(scope)s, true)"
+_bound: ContextVar[str | None] = ContextVar("qustody_tenant_scope", default=None)
+
+
+def tenant(tenant_id: str) -> str:
+    """``tenant_id`` as a scope; refuses the reserved values, so no id can
+    pass for :data:`SYSTEM` or :data:`NO_TENANT`."""
+    if not isinstance(tenant_id, str) or tenant_id in (SYSTEM, NO_TENANT):
+        raise ValueError(f"{tenant_id!r} is not a tenant id")
+    return tenant_id
+
+
+def current_scope() -> str:
+    """The scope bound to this context; :data:`SYSTEM` when none is."""
+    bound = _bound.get()
+    return SYSTEM if bound is None else bound
+
+
+def bind_scope(scope: str) -> None:
+    """Bind ``scope`` for the rest of the current context (a request's task:
+    the threads that run its handler get a copy). Prefer the ``with`` forms."""
+    _bound.set(scope)
+
+
+@contextmanager
+def scope_bound(scope: str) -> Iterator[None]:
+    """Transactions begun inside (in this context) get ``scope``."""
+    token = _bound.set(scope)
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def tenant_scope(tenant_id: str) -> AbstractContextManager[None]:
+    """Transactions begun inside see ``tenant_id``'s rows only."""
+    return scope_bound(tenant(tenant_id))
+
+
+def system_scope() -> AbstractContextManager[None]:
+    """Transactions begun inside see every tenant's rows."""
+    return scope_bound(SYSTEM)
+
+
+def _postgres_begin(conn: Connection) -> None:
+    scope = conn.get_execution_options().get(_SCOPE)
+    conn.exec_driver_sql(_SET_SCOPE, {"scope": current_scope() if scope is None else scope})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -62,6 +143,8 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            event.listen(self.engine, "begin", _postgres_begin)
         self._writer_lock = threading.Lock() if self.is_sqlite else None
         self._writer_file = _sqlite_lock_file(self.engine) if self.is_sqlite else None
         self._writer_fd: tuple[int, int] | None = None  # (pid, fd), opened lazily
@@ -70,18 +153,19 @@ class Database:
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, *, scope: str | None = None) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error.
 
         On SQLite, writers queue for the single writer slot first (see
         :meth:`_writer_queue`). Actions registered with :func:`before_commit`
-        run last, inside the transaction.
+        run last, inside the transaction. ``scope``: whose rows it sees
+        (module docstring); by default the bound scope.
         """
         with (
             self._writer_queue(),
             self._write() as session,
             session.begin(),
-            _transaction_hooks(session.connection()) as hooks,
+            _transaction_hooks(session.connection(**_options(scope))) as hooks,
         ):
             yield session
             hooks.run()
@@ -122,42 +206,72 @@ class Database:
         return self._writer_fd[1]
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
+    def read(self, *, scope: str | None = None) -> Iterator[Session]:
         with self._read() as session, session.begin():
+            if scope is not None:
+                session.connection(**_options(scope))
             yield session
 
     @contextmanager
-    def reading(self) -> Iterator[Connection]:
+    def reading(self, *, scope: str | None = None) -> Iterator[Connection]:
         """A read transaction on a bare connection, for Core queries on hot paths.
 
         A session costs about three times the work of the query it runs;
         per-request lookups (token, project) use this instead.
         """
         with self.engine.connect() as connection:
+            if scope is not None:
+                connection.execution_options(**{_SCOPE: scope})
             try:
                 yield connection
             finally:
                 connection.rollback()
 
     @contextmanager
-    def writing(self) -> Iterator[Connection]:
+    def writing(self, *, scope: str | None = None) -> Iterator[Connection]:
         """:meth:`write` on a bare connection, for Core-only write paths."""
-        with (
-            self._writer_queue(),
-            self._write_engine.begin() as connection,
-            _transaction_hooks(connection) as hooks,
-        ):
-            yield connection
-            hooks.run()
+        with self._writer_queue(), self._write_engine.connect() as connection:
+            if scope is not None:
+                connection.execution_options(**{_SCOPE: scope})
+            with connection.begin(), _transaction_hooks(connection) as hooks:
+                yield connection
+                hooks.run()
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.set_main_option("path_separator", "os")
-        with self.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with self.engine.connect() as connection:
+            connection.execution_options(**{_SCOPE: SYSTEM})
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+
+    def check_isolation(self, *, production: bool) -> None:
+        """Refuse (production) or warn about (development) a PostgreSQL role
+        that row-level security does not bind: a superuser, or one with
+        ``BYPASSRLS``, sees every tenant's rows whatever the scope."""
+        if self.is_sqlite:
+            return
+        with self.reading() as connection:
+            role, superuser, bypass = connection.execute(
+                text(
+                    "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles "
+                    "WHERE rolname = current_user"
+                )
+            ).one()
+        if not (superuser or bypass):
+            return
+        what = "a superuser" if superuser else "allowed to bypass row-level security"
+        problem = (
+            f"the database role {role!r} is {what}, so row-level security cannot keep "
+            "tenants apart; connect as a role without SUPERUSER and BYPASSRLS that owns "
+            f"the database (CREATE ROLE qustody LOGIN; ALTER DATABASE ... OWNER TO qustody)."
+        )
+        if production:
+            raise ConfigurationError(problem)
+        warnings.warn(problem, InsecureDevelopmentWarning, stacklevel=2)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -168,6 +282,10 @@ class Database:
         if self._writer_fd is not None and self._writer_fd[0] == os.getpid():
             os.close(self._writer_fd[1])
         self._writer_fd = None
+
+
+def _options(scope: str | None) -> dict[str, Any]:
+    return {} if scope is None else {"execution_options": {_SCOPE: scope}}
 
 
 def _busy() -> ServiceUnavailable:
