@@ -222,3 +222,69 @@ def start_idp(workdir: Path, timeout: float = 60) -> TestIdp:
                 "the test OpenID provider did not start:\n" + log.read_text()[-3000:]
             )
         time.sleep(0.05)
+
+
+# -- a gateway's configuration for the test provider --------------------------------
+
+#: The clients the tests register: the gateway's (confidential), the CLI's
+#: (native, public) and an unrelated application of the same provider.
+WEB, CLI, OTHER = "qustody-web", "qustody-cli", "other-app"
+WEB_SECRET = "web-secret-" + "x" * 24
+OTHER_SECRET = "other-secret-" + "y" * 24
+
+
+def providers_file(tmp_path: Path, idp: TestIdp, **overrides: Any) -> Path:
+    secret = tmp_path / "web-secret"
+    secret.write_text(WEB_SECRET)
+    secret.chmod(0o600)
+    provider = {
+        "name": "test",
+        "display_name": "Test IdP",
+        "issuer": idp.url,
+        "client_id": WEB,
+        "client_secret_file": str(secret),
+        "cli_client_id": CLI,
+        "scopes": ["openid", "email", "profile", "groups"],
+        "tenant": {"claim": "org", "values": {"acme-corp": "acme", "globex-inc": "globex"}},
+        "roles": [
+            {
+                "claim": "groups",
+                "value": "quantum-devs",
+                "role": "developer",
+                "project": "research",
+            },
+            {"claim": "groups", "value": "qustody-admins", "role": "tenant-admin"},
+        ],
+        "mfa": {"acr": [MFA_ACR]},
+        **overrides,
+    }
+    path = tmp_path / "oidc-providers.json"
+    path.write_text(json.dumps({"providers": [provider]}))
+    return path
+
+
+def register_clients(idp: TestIdp, redirect_uri: str) -> None:
+    idp.add_client(
+        client_id=WEB,
+        client_secret=WEB_SECRET,
+        redirect_uris=[redirect_uri],
+        response_types=["code"],
+        grant_types=["authorization_code"],
+        token_endpoint_auth_method="client_secret_basic",
+    )
+    idp.add_client(
+        client_id=CLI,
+        application_type="native",
+        token_endpoint_auth_method="none",
+        redirect_uris=["http://127.0.0.1/callback"],
+        response_types=["code"],
+        grant_types=["authorization_code"],
+    )
+    idp.add_client(
+        client_id=OTHER,
+        client_secret=OTHER_SECRET,
+        redirect_uris=["http://127.0.0.1:9/callback"],
+        response_types=["code"],
+        grant_types=["authorization_code"],
+        token_endpoint_auth_method="client_secret_basic",
+    )

@@ -69,6 +69,13 @@ class Settings:
     audit_origin: str = ""
     #: A worker signs a checkpoint this often when the log has grown.
     audit_checkpoint_seconds: float = 5.0
+    #: JSON naming the OpenID Connect providers people sign in with
+    #: (docs/identity-oidc.md); none: no single sign-on.
+    oidc_providers_file: Path | None = None
+    #: Clock skew allowed on external JWTs' exp, nbf and iat (ID tokens, CI tokens).
+    jwt_leeway_seconds: int = 30
+    #: An unknown key id makes Qustody fetch an issuer's JWKS again at most this often.
+    jwks_min_refresh_seconds: float = 30.0
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @property
@@ -146,6 +153,16 @@ class Settings:
                 f"QUSTODY_KEY_CACHE_SECONDS is {self.key_cache_seconds}; it must be between 0 "
                 "and 3600."
             )
+        if not 0 <= self.jwt_leeway_seconds <= 300:
+            raise ConfigurationError(
+                f"QUSTODY_JWT_LEEWAY_SECONDS is {self.jwt_leeway_seconds}; it must be between 0 "
+                "and 300 (a few seconds of clock skew is plenty)."
+            )
+        if not 0 <= self.jwks_min_refresh_seconds <= 3600:
+            raise ConfigurationError(
+                f"QUSTODY_JWKS_MIN_REFRESH_SECONDS is {self.jwks_min_refresh_seconds}; it must "
+                "be between 0 and 3600."
+            )
         if self.mode != "production":
             return
         if self.resolved_database_url.startswith("sqlite"):
@@ -168,7 +185,7 @@ _SANDBOX_KEYS = {
     "SANDBOX_WALL_SECONDS": "wall_seconds",
 }
 #: Variables read elsewhere (by the key provider, the CLI), not settings fields.
-_OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN"}
+_OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR"}
 
 
 def _convert(raw: str, current: object, name: str) -> object:

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qustody import __version__
 from qustody.api import problems
 from qustody.api.isolation import RequestScope
-from qustody.api.routes import admin, audit, health, jobs, keys
+from qustody.api.routes import admin, audit, health, jobs, keys, login
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
 from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
@@ -36,6 +36,8 @@ from qustody.domain.vocabulary import Action
 from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.identity.admin import AdminService
+from qustody.identity.external_jwt import JwtVerifier
+from qustody.identity.oidc import OidcService, load_providers
 from qustody.identity.tokens import SigningKey, TokenService
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
 from qustody.jobs.notify import Notifier, notifier_for
@@ -95,6 +97,7 @@ class Runtime:
 
     def close(self) -> None:
         self.notifier.close()
+        self.services.jwt_verifier.close()
         self.services.db.dispose()
 
 
@@ -115,6 +118,12 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
     )
     guard = Guard(CedarPolicyEngine(), db)
     admin_service = AdminService(db, guard, tokens)
+    # External JWTs (OIDC ID tokens, CI tokens): plain http only to loopback, in development.
+    verifier = JwtVerifier(
+        allow_insecure_loopback=development,
+        leeway_seconds=settings.jwt_leeway_seconds,
+        min_refresh_seconds=settings.jwks_min_refresh_seconds,
+    )
     registry = default_registry()
     notifier = notifier_for(
         settings.resolved_database_url, listen=listen, data_dir=settings.data_dir
@@ -148,6 +157,16 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         audit_log,
         audit,
         TenantKeys(db, guard, keys),
+        jwt_verifier=verifier,
+        oidc=OidcService(
+            db,
+            tokens,
+            verifier,
+            load_providers(settings.oidc_providers_file, allow_insecure_loopback=development)
+            if settings.oidc_providers_file
+            else (),
+            public_url=settings.public_url,
+        ),
     )
     return Runtime(services, keys, notifier)
 
@@ -340,6 +359,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     problems.install(app)
     for router in (health.router, jobs.router, admin.router, audit.router, keys.router):
         app.include_router(router)
+    app.include_router(login.router)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(RequestScope)  # no tenant's rows until the caller is known

@@ -9,6 +9,8 @@ from fastapi import Request
 from qustody.audit.log import AuditLog
 from qustody.executors.registry import BackendRegistry
 from qustody.identity.admin import AdminService
+from qustody.identity.external_jwt import JwtVerifier
+from qustody.identity.oidc import OidcService
 from qustody.identity.tokens import TokenService
 from qustody.jobs.service import JobService
 from qustody.keys.tenant import TenantKeys
@@ -28,6 +30,8 @@ class Services:
     audit_log: AuditLog
     audit: AuditReader
     tenant_keys: TenantKeys
+    jwt_verifier: JwtVerifier
+    oidc: OidcService
 
 
 def services_of(request: Request) -> Services:

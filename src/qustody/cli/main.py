@@ -25,6 +25,7 @@ import click
 
 from qustody.cli.audit import audit
 from qustody.cli.keys import keys
+from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
 from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
 from qustody.client import Client
@@ -41,9 +42,11 @@ class CliContext:
 
     def client(self) -> Client:
         if not self._token:
+            self._token = stored_token(self.url)  # from `qustody login`
+        if not self._token:
             raise click.UsageError(
-                "no token: pass --token or set QUSTODY_TOKEN (get one with "
-                "`qustody admin token` on the gateway host, or from your tenant admin)"
+                "no token: run `qustody login`, pass --token or set QUSTODY_TOKEN (get one "
+                "with `qustody admin token` on the gateway host, or from your tenant admin)"
             )
         return Client(self.url, self._token)
 
@@ -606,6 +609,8 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
 
 cli.add_command(audit)
 cli.add_command(keys)
+cli.add_command(login)
+cli.add_command(logout)
 cli.add_command(secrets)
 cli.add_command(export_key)
 cli.add_command(unseal)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from qustody.domain.errors import (
     AuthenticationError,
     Conflict,
+    Forbidden,
     InvalidRequest,
+    NotFound,
     ServiceUnavailable,
 )
 
@@ -101,3 +103,57 @@ class AlreadyInitialized(Conflict):
 class NameTaken(Conflict):
     code = "name_taken"
     title = "Name already in use"
+
+
+# -- single sign-on (OIDC) ------------------------------------------------------
+
+
+class UnknownProvider(NotFound):
+    code = "unknown_provider"
+    title = "Unknown identity provider"
+
+
+class InvalidLoginState(AuthenticationError):
+    """A sign-in callback whose ``state`` is unknown, used, expired or not this browser's."""
+
+    code = "invalid_login_state"
+    title = "Invalid or expired sign-in"
+
+
+class NonceMismatch(InvalidToken):
+    code = "nonce_mismatch"
+    title = "ID token nonce mismatch"
+
+
+class IdentityProviderRefused(AuthenticationError):
+    """The identity provider answered the sign-in with an error (RFC 6749 4.1.2.1)."""
+
+    code = "idp_refused"
+    title = "Sign-in refused by the identity provider"
+
+
+class SignInRefused(Forbidden):
+    """Authenticated by the identity provider, but not allowed into Qustody."""
+
+    code = "sign_in_refused"
+    title = "Sign-in refused"
+
+
+class PrincipalInactive(SignInRefused):
+    code = "principal_inactive"
+    title = "Principal deactivated"
+
+
+class NoTenantMapped(SignInRefused):
+    code = "no_tenant_mapped"
+    title = "No tenant for this identity"
+
+
+class NoRoleMapped(SignInRefused):
+    code = "no_role_mapped"
+    title = "No role for this identity"
+
+
+class IdentityConflict(SignInRefused):
+    code = "identity_conflict"
+    title = "Identity does not match its principal"
