@@ -10,14 +10,17 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
-from qustody.api.routes import admin, audit, health, jobs
+from qustody.api.routes import admin, audit, health, jobs, login
 from qustody.api.routes.common import ACTION_KEY
 from qustody.domain.vocabulary import Action
 from qustody.storage import models as m
 from support import Gateway, auth
 
 ROUTES = [
-    r for mod in (admin, health, jobs, audit) for r in mod.router.routes if isinstance(r, APIRoute)
+    r
+    for mod in (admin, health, jobs, audit, login)
+    for r in mod.router.routes
+    if isinstance(r, APIRoute)
 ]
 #: Public routes: health, and what witnesses and auditors fetch without an account.
 PUBLIC = {
@@ -26,6 +29,10 @@ PUBLIC = {
     ("GET", audit.KEY_PATH),
     ("GET", "/v1/audit/checkpoint"),
     ("GET", "/v1/audit/proofs/consistency"),
+    # Single sign-on: how a person gets a token in the first place.
+    ("GET", "/v1/auth/providers"),
+    ("GET", "/v1/auth/login/{provider}"),
+    ("GET", "/v1/auth/callback"),
 }
 
 
@@ -58,8 +65,13 @@ def test_every_private_route_needs_a_token(
 ) -> None:
     query = "?from=0&to=0" if path.endswith("/consistency") else ""
     response = http.request(method, _concrete(path) + query, json={} if method == "POST" else None)
-    if action is None:
-        # 404: no checkpoint signed yet (the first comes a few seconds after start).
+    if action is None and path == "/v1/auth/callback":
+        # A sign-in callback without a sign-in to finish.
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_login_state"
+    elif action is None:
+        # 404: no checkpoint signed yet (the first comes a few seconds after start);
+        # no identity provider of that name.
         assert response.status_code in (200, 503, 404), response.text
     else:
         assert response.status_code == 401
