@@ -76,6 +76,8 @@ class Settings:
     jwt_leeway_seconds: int = 30
     #: An unknown key id makes Qustody fetch an issuer's JWKS again at most this often.
     jwks_min_refresh_seconds: float = 30.0
+    #: The longest lifetime an API key may be given, in days (at most 90).
+    api_key_max_days: int = 90
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @property
@@ -163,6 +165,11 @@ class Settings:
                 f"QUSTODY_JWKS_MIN_REFRESH_SECONDS is {self.jwks_min_refresh_seconds}; it must "
                 "be between 0 and 3600."
             )
+        if not 1 <= self.api_key_max_days <= 90:
+            raise ConfigurationError(
+                f"QUSTODY_API_KEY_MAX_DAYS is {self.api_key_max_days}; API keys must expire, "
+                "within 1 to 90 days: set a value in that range."
+            )
         if self.mode != "production":
             return
         if self.resolved_database_url.startswith("sqlite"):
@@ -185,7 +192,7 @@ _SANDBOX_KEYS = {
     "SANDBOX_WALL_SECONDS": "wall_seconds",
 }
 #: Variables read elsewhere (by the key provider, the CLI), not settings fields.
-_OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR"}
+_OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR", "DPOP_KEY"}
 
 
 def _convert(raw: str, current: object, name: str) -> object:

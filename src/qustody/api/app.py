@@ -25,7 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qustody import __version__
 from qustody.api import problems
 from qustody.api.isolation import RequestScope
-from qustody.api.routes import admin, audit, health, jobs, keys, login
+from qustody.api.routes import (
+    admin,
+    audit,
+    credentials,
+    health,
+    jobs,
+    keys,
+    login,
+    token_exchange,
+)
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
 from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
@@ -36,9 +45,13 @@ from qustody.domain.vocabulary import Action
 from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.identity.admin import AdminService
+from qustody.identity.apikeys import ApiKeyService
+from qustody.identity.dpop import DpopVerifier
 from qustody.identity.external_jwt import JwtVerifier
 from qustody.identity.oidc import OidcService, load_providers
+from qustody.identity.revocation import RevocationService
 from qustody.identity.tokens import SigningKey, TokenService
+from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
 from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.service import JobService
@@ -167,6 +180,10 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
             else (),
             public_url=settings.public_url,
         ),
+        dpop=DpopVerifier(db),
+        api_keys=ApiKeyService(db, guard, max_days=settings.api_key_max_days),
+        workload=WorkloadIdentity(db, guard, tokens, verifier),
+        revocation=RevocationService(db, guard),
     )
     return Runtime(services, keys, notifier)
 
@@ -360,6 +377,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     for router in (health.router, jobs.router, admin.router, audit.router, keys.router):
         app.include_router(router)
     app.include_router(login.router)
+    app.include_router(credentials.router)
+    app.include_router(token_exchange.router)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(RequestScope)  # no tenant's rows until the caller is known

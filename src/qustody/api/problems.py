@@ -97,7 +97,11 @@ def install(app: FastAPI) -> None:
     async def qustody_error(request: Request, exc: QustodyError) -> JSONResponse:
         if exc.status >= 500:
             log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc.code)
-        headers = {"WWW-Authenticate": 'Bearer realm="qustody"'} if exc.status == 401 else None
+        # An error may name its own challenge (DPoP, step-up); else the bearer one.
+        challenge = getattr(exc, "www_authenticate", None)
+        if not isinstance(challenge, str):
+            challenge = 'Bearer realm="qustody"' if exc.status == 401 else None
+        headers = {"WWW-Authenticate": challenge} if challenge else None
         return problem_response(
             request,
             status=exc.status,

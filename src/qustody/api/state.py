@@ -9,9 +9,13 @@ from fastapi import Request
 from qustody.audit.log import AuditLog
 from qustody.executors.registry import BackendRegistry
 from qustody.identity.admin import AdminService
+from qustody.identity.apikeys import ApiKeyService
+from qustody.identity.dpop import DpopVerifier
 from qustody.identity.external_jwt import JwtVerifier
 from qustody.identity.oidc import OidcService
+from qustody.identity.revocation import RevocationService
 from qustody.identity.tokens import TokenService
+from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.service import JobService
 from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
@@ -32,6 +36,10 @@ class Services:
     tenant_keys: TenantKeys
     jwt_verifier: JwtVerifier
     oidc: OidcService
+    dpop: DpopVerifier
+    api_keys: ApiKeyService
+    workload: WorkloadIdentity
+    revocation: RevocationService
 
 
 def services_of(request: Request) -> Services:

@@ -24,6 +24,15 @@ from typing import Any
 import click
 
 from qustody.cli.audit import audit
+from qustody.cli.identity import (
+    admin_revoke,
+    api_keys,
+    dpop,
+    dpop_key_of,
+    revoke_many,
+    token_exchange,
+    trust_rules,
+)
 from qustody.cli.keys import keys
 from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
@@ -36,9 +45,11 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class CliContext:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, dpop_key: Path | None = None) -> None:
         self.url = url
         self._token = token
+        #: A DPoP key file: tokens are bound to it and each request proves it.
+        self.dpop_key = dpop_key
 
     def client(self) -> Client:
         if not self._token:
@@ -48,7 +59,7 @@ class CliContext:
                 "no token: run `qustody login`, pass --token or set QUSTODY_TOKEN (get one "
                 "with `qustody admin token` on the gateway host, or from your tenant admin)"
             )
-        return Client(self.url, self._token)
+        return Client(self.url, self._token, dpop_key=dpop_key_of(self))
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
@@ -65,10 +76,17 @@ pass_ctx = click.make_pass_decorator(CliContext)
     show_default=False,
     help="Bearer token (or QUSTODY_TOKEN).",
 )
+@click.option(
+    "--dpop-key",
+    envvar="QUSTODY_DPOP_KEY",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="DPoP key file (`qustody dpop keygen`) for sender-constrained tokens.",
+)
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None) -> None:
+def cli(ctx: click.Context, url: str, token: str | None, dpop_key: Path | None) -> None:
     """Qustody: a security gateway for quantum jobs."""
-    ctx.obj = CliContext(url, token)
+    ctx.obj = CliContext(url, token, dpop_key)
 
 
 # -- server side ------------------------------------------------------------------------
@@ -113,7 +131,9 @@ def serve(
     settings = _settings(
         embedded_worker=embedded,
         data_dir=data_dir,
-        public_url=f"http://{host}:{port}",
+        # Behind a proxy, QUSTODY_PUBLIC_URL names the address clients use (DPoP
+        # proofs and sign-in redirects name it); else this listener is it.
+        public_url=None if os.environ.get("QUSTODY_PUBLIC_URL") else f"http://{host}:{port}",
         api_processes=api_processes,
     )
     runtime = build_runtime(settings, listen=True)  # workers and waiting requests
@@ -382,11 +402,22 @@ def token_issue(
 
 
 @token.command("revoke")
-@click.argument("jti")
+@click.argument("jti", required=False)
+@click.option("--all-of", default=None, help="Every token and API key of this principal.")
+@click.option("--before", default=None, help="Every one of your tenant's issued before (or 'now').")
 @pass_ctx
-def token_revoke(ctx: CliContext, jti: str) -> None:
+def token_revoke(ctx: CliContext, jti: str | None, all_of: str | None, before: str | None) -> None:
+    """Revoke one token (JTI), all of a principal's (--all-of), or all issued before a time."""
+    if sum(x is not None for x in (jti, all_of, before)) != 1:
+        raise click.UsageError("give one of: a token's JTI, --all-of NAME, --before TIME")
+    if jti is None:
+        revoke_many(ctx, all_of, before)
+        return
     ctx.client().revoke_token(jti)
     click.echo(f"token {jti} revoked", err=True)
+
+
+token.add_command(token_exchange)
 
 
 # -- jobs -----------------------------------------------------------------------------
@@ -608,6 +639,10 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
 
 
 cli.add_command(audit)
+cli.add_command(trust_rules)
+cli.add_command(api_keys)
+cli.add_command(dpop)
+admin.add_command(admin_revoke)
 cli.add_command(keys)
 cli.add_command(login)
 cli.add_command(logout)

@@ -20,12 +20,14 @@ import httpx
 
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
+from qustody.client.dpop import DpopAuth, DpopKey
 from qustody.client.errors import (
     QustodyAPIError,
     QustodyConnectionError,
     QustodyProtocolError,
     QustodyTimeoutError,
 )
+from qustody.client.identity import IdentityMethods
 from qustody.client.models import (
     Backend,
     Health,
@@ -66,11 +68,13 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client:
+class Client(IdentityMethods):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
     a Qustody-issued bearer token, or ``None`` for the unauthenticated health checks.
+    With ``dpop_key`` (a :class:`~qustody.client.dpop.DpopKey`), ``token`` is a DPoP-bound
+    token and every request carries a fresh proof of the key (RFC 9449).
     ``transport`` lets a caller supply its own :class:`httpx.BaseTransport`.
     """
 
@@ -81,6 +85,7 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        dpop_key: DpopKey | None = None,
     ) -> None:
         base = url.strip().rstrip("/")
         base = base.removesuffix("/v1")
@@ -91,7 +96,10 @@ class Client:
             token = token.strip()
             if not token or any(c.isspace() for c in token):
                 raise ValueError("token must be a non-empty string without whitespace")
-            headers["Authorization"] = f"Bearer {token}"
+            if dpop_key is None:
+                headers["Authorization"] = f"Bearer {token}"
+        # With a DPoP key (RFC 9449), each request gets a fresh proof of it.
+        auth = DpopAuth(token, dpop_key) if dpop_key is not None else None
         self._url = base
         self._http = httpx.Client(
             base_url=f"{base}/v1",
@@ -99,6 +107,7 @@ class Client:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
+            auth=auth,
         )
 
     # ----------------------------------------------------------------- lifecycle

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from qustody.domain.errors import (
     AuthenticationError,
     Conflict,
     Forbidden,
     InvalidRequest,
     NotFound,
+    QustodyError,
     ServiceUnavailable,
 )
 
@@ -103,6 +106,134 @@ class AlreadyInitialized(Conflict):
 class NameTaken(Conflict):
     code = "name_taken"
     title = "Name already in use"
+
+
+# -- DPoP (RFC 9449) ------------------------------------------------------------
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an auth-param value (RFC 6750 section 3: no quote or backslash)."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in text)[:200]
+
+
+class DpopError(AuthenticationError):
+    """A refusal of RFC 9449; answered with a ``DPoP`` challenge."""
+
+    #: The ``error`` of the ``WWW-Authenticate: DPoP`` challenge.
+    challenge_error: ClassVar[str] = "invalid_dpop_proof"
+    #: Signature algorithms proofs may use (``algs`` of the challenge).
+    algorithms: ClassVar[str] = "ES256 EdDSA Ed25519 RS256 PS256"
+
+    @property
+    def www_authenticate(self) -> str:
+        return (
+            f'DPoP error="{self.challenge_error}", '
+            f'error_description="{_quoted(self.detail)}", algs="{self.algorithms}"'
+        )
+
+
+class InvalidDpopProof(DpopError):
+    code = "invalid_dpop_proof"
+    title = "Invalid DPoP proof"
+
+
+class ReplayedDpopProof(InvalidDpopProof):
+    code = "dpop_proof_replayed"
+    title = "Replayed DPoP proof"
+
+
+class DpopKeyMismatch(InvalidDpopProof):
+    """A valid proof, but by another key than the token is bound to."""
+
+    code = "dpop_key_mismatch"
+    title = "DPoP key mismatch"
+
+
+class DpopRequired(DpopError):
+    """A DPoP-bound token presented without a proof (as a plain bearer token)."""
+
+    challenge_error = "invalid_token"
+    code = "dpop_required"
+    title = "DPoP proof required"
+
+
+class TokenNotDpopBound(DpopError):
+    """``Authorization: DPoP`` with a token that is not bound to a key."""
+
+    challenge_error = "invalid_token"
+    code = "token_not_dpop_bound"
+    title = "Token not DPoP-bound"
+
+
+# -- the token endpoint (RFC 6749 section 5.2, RFC 8693 section 2.2.2) -----------
+
+
+class OAuthError(QustodyError):
+    """A refusal of ``POST /v1/auth/token``: problem+json whose body also
+    carries OAuth's ``error`` (the same as ``code``) and ``error_description``,
+    so OAuth clients understand it."""
+
+    status = 400
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        extra: dict[str, str | int | None] | None = None,
+    ) -> None:
+        super().__init__(
+            detail,
+            field=field,
+            extra={"error": self.code, "error_description": detail, **(extra or {})},
+        )
+
+
+class TokenRequestInvalid(OAuthError):
+    code = "invalid_request"
+    title = "Invalid token request"
+
+
+class InvalidGrant(OAuthError):
+    """The subject token is invalid, or no trust rule accepts it."""
+
+    code = "invalid_grant"
+    title = "Subject token refused"
+
+
+class InvalidTarget(OAuthError):
+    code = "invalid_target"
+    title = "Unknown or ambiguous target"
+
+
+class UnsupportedTokenType(OAuthError):
+    code = "unsupported_token_type"
+    title = "Unsupported token type"
+
+
+class UnsupportedGrantType(OAuthError):
+    code = "unsupported_grant_type"
+    title = "Unsupported grant type"
+
+
+class TokenRequestScope(OAuthError):
+    code = "invalid_scope"
+    title = "Invalid token scope"
+
+
+class TemporarilyUnavailable(OAuthError):
+    """The issuer of a subject token could not be reached to verify it."""
+
+    code = "temporarily_unavailable"
+    status = 503
+    title = "Issuer unavailable"
+
+
+class TokenRequestDpop(OAuthError):
+    """A token request's DPoP proof was refused (RFC 9449 section 5)."""
+
+    code = "invalid_dpop_proof"
+    title = "Invalid DPoP proof"
 
 
 # -- single sign-on (OIDC) ------------------------------------------------------

@@ -33,6 +33,7 @@ import json
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -45,7 +46,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 
-from qustody.domain.errors import ConfigurationError
+from qustody.domain.errors import ConfigurationError, InsecureDevelopmentWarning
 from qustody.identity.errors import (
     DisallowedAlgorithm,
     ExpiredToken,
@@ -193,6 +194,13 @@ class ExternalIssuer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = check_url(url, what="issuer", allow_insecure_loopback=allow_insecure_loopback)
+        if self.url.startswith("http://"):
+            warnings.warn(
+                f"issuer {self.url} is trusted over plain http (loopback, development mode); "
+                "production refuses it.",
+                InsecureDevelopmentWarning,
+                stacklevel=2,
+            )
         algs = tuple(dict.fromkeys(algorithms))
         refused = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
         if refused or not algs:

@@ -217,7 +217,10 @@ class TokenService:
                 field="ttl_seconds",
             )
         scope_list = parse_scopes(scopes)
-        now = datetime.now(UTC).replace(microsecond=0)
+        # The record keeps the exact instant, so a revocation cut-off in this
+        # same second refuses only the tokens issued before it.
+        issued = datetime.now(UTC)
+        now = issued.replace(microsecond=0)
         expires = now + timedelta(seconds=ttl)
         jti = secrets.token_urlsafe(18)
         claims = {
@@ -247,7 +250,7 @@ class TokenService:
                 tenant_id=tenant_id,
                 principal_id=principal_id,
                 scopes=" ".join(scope_list),
-                issued_at=now,
+                issued_at=issued,
                 expires_at=expires,
                 auth_method=how.method,
                 source=how.source,
