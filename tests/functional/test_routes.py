@@ -10,7 +10,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
-from qustody.api.routes import admin, audit, health, jobs, login
+from qustody.api.routes import admin, audit, credentials, health, jobs, login, token_exchange
 from qustody.api.routes.common import ACTION_KEY
 from qustody.domain.vocabulary import Action
 from qustody.storage import models as m
@@ -18,7 +18,7 @@ from support import Gateway, auth
 
 ROUTES = [
     r
-    for mod in (admin, health, jobs, audit, login)
+    for mod in (admin, health, jobs, audit, login, credentials, token_exchange)
     for r in mod.router.routes
     if isinstance(r, APIRoute)
 ]
@@ -33,6 +33,8 @@ PUBLIC = {
     ("GET", "/v1/auth/providers"),
     ("GET", "/v1/auth/login/{provider}"),
     ("GET", "/v1/auth/callback"),
+    # Token exchange (RFC 8693): the subject token is the credential.
+    ("POST", "/v1/auth/token"),
 }
 
 
@@ -69,6 +71,10 @@ def test_every_private_route_needs_a_token(
         # A sign-in callback without a sign-in to finish.
         assert response.status_code == 401
         assert response.json()["code"] == "invalid_login_state"
+    elif action is None and path == "/v1/auth/token":
+        # OAuth's form, not JSON: refused before anything else.
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid_request"
     elif action is None:
         # 404: no checkpoint signed yet (the first comes a few seconds after start);
         # no identity provider of that name.
@@ -97,6 +103,15 @@ BODIES = {
     "/v1/projects": {"name": "denied", "data_class": "public"},
     "/v1/members": {"principal": "eve", "role": "viewer", "project": "research"},
     "/v1/tokens": {},
+    "/v1/tokens:revoke": {"principal": "acme-dev"},
+    "/v1/api-keys": {"principal": "acme-dev", "name": "denied", "expires_in_days": 1},
+    "/v1/trust-rules": {
+        "name": "denied",
+        "issuer": "https://ci.example",
+        "audience": "qustody",
+        "conditions": {"repository": "acme/app"},
+        "principal": "acme-dev",
+    },
 }
 
 
@@ -128,6 +143,8 @@ def test_denials_are_audited_under_the_routes_action(http: httpx.Client, gateway
         concrete = re.sub(r"\{name\}", "aer-statevector", concrete)
         concrete = re.sub(r"\{jti\}", issued["jti"], concrete)
         concrete = re.sub(r"\{seq\}", "1", concrete)
+        concrete = re.sub(r"\{key_id\}", "apk_01JZZZZZZZZZZZZZZZZZZZZZZZ", concrete)
+        concrete = re.sub(r"\{rule\}", "denied", concrete)
         response = http.request(method, concrete, json=BODIES.get(path), headers=narrow)
         assert response.status_code in (403, 404), (method, path, response.text)
         request_id = response.json()["request_id"]

@@ -202,12 +202,6 @@ class ApiKeyService:
                 field="expires_in_days",
             )
         wanted = parse_scopes(scopes)
-        if "*" not in caller.scopes and not set(wanted) <= caller.scopes:
-            raise InvalidRequest(
-                f"scopes {sorted(set(wanted) - caller.scopes)} exceed this token's scopes "
-                f"{sorted(caller.scopes)}; a key can only be as broad as the token creating it.",
-                field="scopes",
-            )
         target = self._principal(caller, principal_name)
         decision = self._guard.check(
             caller,
@@ -215,6 +209,12 @@ class ApiKeyService:
             Resource("principal", target.id, caller.tenant_id, owner_id=PrincipalId(target.id)),
             request,
         )
+        if "*" not in caller.scopes and not set(wanted) <= caller.scopes:
+            raise InvalidRequest(
+                f"scopes {sorted(set(wanted) - caller.scopes)} exceed this token's scopes "
+                f"{sorted(caller.scopes)}; a key can only be as broad as the token creating it.",
+                field="scopes",
+            )
         if not target.active:
             raise InvalidRequest(
                 f"principal {target.name} is deactivated; an API key for it would not work.",

@@ -317,12 +317,6 @@ class WorkloadIdentity:
             )
         parsed = parse_conditions(conditions)
         wanted = parse_scopes(scopes)
-        if "*" not in caller.scopes and not set(wanted) <= caller.scopes:
-            raise InvalidRequest(
-                f"scopes {sorted(set(wanted) - caller.scopes)} exceed this token's scopes "
-                f"{sorted(caller.scopes)}; a rule can only grant what its author's token holds.",
-                field="scopes",
-            )
         ttl = self.max_ttl_seconds if ttl_seconds is None else ttl_seconds
         if not 1 <= ttl <= self.max_ttl_seconds:
             raise InvalidRequest(
@@ -335,6 +329,12 @@ class WorkloadIdentity:
             Resource("tenant", caller.tenant_id, caller.tenant_id),
             request,
         )
+        if "*" not in caller.scopes and not set(wanted) <= caller.scopes:
+            raise InvalidRequest(
+                f"scopes {sorted(set(wanted) - caller.scopes)} exceed this token's scopes "
+                f"{sorted(caller.scopes)}; a rule can only grant what its author's token holds.",
+                field="scopes",
+            )
         with self._db.read() as session:
             target = session.scalar(
                 select(m.Principal).where(
