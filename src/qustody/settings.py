@@ -78,7 +78,16 @@ class Settings:
     jwks_min_refresh_seconds: float = 30.0
     #: The longest lifetime an API key may be given, in days (at most 90).
     api_key_max_days: int = 90
+    #: Local accounts (password and TOTP kept by the gateway) for embedded mode
+    #: without an identity provider: a development convenience, on by default in
+    #: development (with a warning), refused in production.
+    local_accounts: bool | None = None
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+
+    @property
+    def local_accounts_enabled(self) -> bool:
+        """Whether ``POST /v1/auth/local`` and the local-account routes work."""
+        return self.mode != "production" if self.local_accounts is None else self.local_accounts
 
     @property
     def resolved_database_url(self) -> str:
@@ -172,6 +181,12 @@ class Settings:
             )
         if self.mode != "production":
             return
+        if self.local_accounts:
+            raise ConfigurationError(
+                "QUSTODY_LOCAL_ACCOUNTS=true is refused in production mode: local accounts "
+                "(passwords and TOTP kept by the gateway) are a development convenience. Sign "
+                "people in through an OpenID Connect provider and remove the variable."
+            )
         if self.resolved_database_url.startswith("sqlite"):
             raise ConfigurationError(
                 "production mode needs PostgreSQL: set QUSTODY_DATABASE_URL to a "
@@ -195,7 +210,13 @@ _SANDBOX_KEYS = {
 _OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR", "DPOP_KEY"}
 
 
+#: Settings whose default (``None``) depends on the mode; their values are booleans.
+_MODE_DEFAULT_FLAGS = frozenset({"local_accounts"})
+
+
 def _convert(raw: str, current: object, name: str) -> object:
+    if name in _MODE_DEFAULT_FLAGS:
+        current = False
     try:
         if isinstance(current, bool):
             if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:

@@ -26,6 +26,7 @@ from qustody import __version__
 from qustody.api import problems
 from qustody.api.isolation import RequestScope
 from qustody.api.routes import (
+    accounts,
     admin,
     audit,
     credentials,
@@ -33,6 +34,7 @@ from qustody.api.routes import (
     jobs,
     keys,
     login,
+    scim,
     token_exchange,
 )
 from qustody.api.schemas import MAX_BODY_BYTES
@@ -48,8 +50,10 @@ from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
 from qustody.identity.dpop import DpopVerifier
 from qustody.identity.external_jwt import JwtVerifier
+from qustody.identity.local_accounts import LocalAccounts
 from qustody.identity.oidc import OidcService, load_providers
 from qustody.identity.revocation import RevocationService
+from qustody.identity.scim import ScimService
 from qustody.identity.tokens import SigningKey, TokenService
 from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
@@ -184,6 +188,10 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         api_keys=ApiKeyService(db, guard, max_days=settings.api_key_max_days),
         workload=WorkloadIdentity(db, guard, tokens, verifier),
         revocation=RevocationService(db, guard),
+        scim=ScimService(db, guard, base_url=f"{settings.public_url.rstrip('/')}/scim/v2"),
+        local_accounts=LocalAccounts(
+            db, guard, tokens, keys, enabled=settings.local_accounts_enabled
+        ),
     )
     return Runtime(services, keys, notifier)
 
@@ -377,8 +385,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     for router in (health.router, jobs.router, admin.router, audit.router, keys.router):
         app.include_router(router)
     app.include_router(login.router)
+    app.include_router(accounts.router)
     app.include_router(credentials.router)
     app.include_router(token_exchange.router)
+    app.mount(scim.PREFIX, scim.create_scim_app(rt.services))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(RequestScope)  # no tenant's rows until the caller is known

@@ -12,8 +12,10 @@ from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
 from qustody.identity.dpop import DpopVerifier
 from qustody.identity.external_jwt import JwtVerifier
+from qustody.identity.local_accounts import LocalAccounts
 from qustody.identity.oidc import OidcService
 from qustody.identity.revocation import RevocationService
+from qustody.identity.scim import ScimService
 from qustody.identity.tokens import TokenService
 from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.service import JobService
@@ -36,6 +38,8 @@ class Services:
     tenant_keys: TenantKeys
     jwt_verifier: JwtVerifier
     oidc: OidcService
+    scim: ScimService
+    local_accounts: LocalAccounts
     dpop: DpopVerifier
     api_keys: ApiKeyService
     workload: WorkloadIdentity

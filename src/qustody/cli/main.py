@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from qustody.cli.accounts import account
 from qustody.cli.audit import audit
 from qustody.cli.identity import (
     admin_revoke,
@@ -638,6 +639,7 @@ def backends_list(ctx: CliContext, as_json: bool) -> None:
         )
 
 
+cli.add_command(account)
 cli.add_command(audit)
 cli.add_command(trust_rules)
 cli.add_command(api_keys)

@@ -20,6 +20,7 @@ import httpx
 
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
+from qustody.client.accounts import AccountMethods
 from qustody.client.dpop import DpopAuth, DpopKey
 from qustody.client.errors import (
     QustodyAPIError,
@@ -68,7 +69,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client(IdentityMethods):
+class Client(IdentityMethods, AccountMethods):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is

@@ -24,7 +24,7 @@ from typing import Any
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from qustody.crypto.files import check_private, create_private
@@ -76,8 +76,34 @@ _TOKEN_AND_PRINCIPAL = (
     .join(_TENANTS, _TENANTS.c.id == _PRINCIPALS.c.tenant_id)
     .where(_ISSUED.c.jti == bindparam("jti"))
 )
-_MEMBERSHIPS = select(m.MEMBERSHIPS.c.role, m.MEMBERSHIPS.c.project_id).where(
-    m.MEMBERSHIPS.c.principal_id == bindparam("principal")
+# The roles a principal holds: its own memberships, and the roles of the SCIM
+# groups it is a member of, while it is one (qustody.identity.scim). A group's
+# grant counts only when coherent: tenant-admin tenant-wide, a project role
+# in a project; anything else grants nothing.
+_GROUPS = m.SCIM_GROUPS
+_GROUP_MEMBERS = m.SCIM_GROUP_MEMBERS
+_MEMBERSHIPS = union_all(
+    select(m.MEMBERSHIPS.c.role, m.MEMBERSHIPS.c.project_id).where(
+        m.MEMBERSHIPS.c.principal_id == bindparam("principal")
+    ),
+    select(_GROUPS.c.role, _GROUPS.c.project_id)
+    .join(
+        _GROUP_MEMBERS,
+        and_(
+            _GROUP_MEMBERS.c.group_id == _GROUPS.c.id,
+            _GROUP_MEMBERS.c.tenant_id == _GROUPS.c.tenant_id,
+        ),
+    )
+    .where(
+        _GROUP_MEMBERS.c.principal_id == bindparam("principal"),
+        or_(
+            and_(_GROUPS.c.role == Role.TENANT_ADMIN.value, _GROUPS.c.project_id.is_(None)),
+            and_(
+                _GROUPS.c.role.in_((Role.DEVELOPER.value, Role.VIEWER.value)),
+                _GROUPS.c.project_id.is_not(None),
+            ),
+        ),
+    ),
 )
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 MAX_TOKEN_BYTES = 4096
