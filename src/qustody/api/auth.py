@@ -51,8 +51,10 @@ def request_context(request: Request) -> RequestContext:
 def public_url_of(request: Request, settings: Settings) -> str:
     """The URL a client addressed, as DPoP's ``htu`` names it: the gateway's
     public URL (``QUSTODY_PUBLIC_URL``, not the ``Host`` header a client
-    chooses) and the request's path."""
-    return settings.public_url.rstrip("/") + request.url.path
+    chooses) and the request's path as the client sent it (percent-encoding kept)."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) and raw else request.url.path
+    return settings.public_url.rstrip("/") + path
 
 
 def _principal(request: Request, services: Services) -> Principal:

@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from qustody.client.client import Client
+from qustody.client.dpop import DpopKey
 from qustody.client.errors import (
     CircuitConversionError,
     QustodyAPIError,
@@ -23,6 +24,7 @@ from qustody.client.errors import (
     QustodyProtocolError,
     QustodyTimeoutError,
 )
+from qustody.client.identity import ExchangedToken, exchange_token
 from qustody.client.models import (
     Backend,
     CircuitInfo,
@@ -70,6 +72,8 @@ __all__ = [
     "CircuitInfo",
     "ClbitRegister",
     "Client",
+    "DpopKey",
+    "ExchangedToken",
     "Health",
     "IssuedCredential",
     "IssuedToken",
@@ -95,4 +99,5 @@ __all__ = [
     "Tenant",
     "TenantCreated",
     "Transition",
+    "exchange_token",
 ]
