@@ -171,6 +171,19 @@ def _database_kinds(config: Config) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 _BACKENDS = ("aer-statevector", "aer-stabilizer", "aer-automatic")
+#: ``context.backend`` of a submission to each (policy/facts.py's shape).
+_BACKEND_FACTS = {
+    name: {
+        "name": name,
+        "simulator": True,
+        "provider": "qiskit-aer",
+        "environment": "dev",
+        "region": "local",
+        "max_qubits": 26,
+        "max_shots": 100_000,
+    }
+    for name in _BACKENDS
+}
 _REGIONS = ("eu-west-1", "eu-central-1", "us-east-1")
 
 
@@ -207,7 +220,7 @@ when
 // A backend this tenant has not been cleared for.
 @id("{tenant}/not-on-{denied_backend}")
 forbid (principal, action == Qustody::Action::"job:submit", resource is Qustody::Project)
-when {{ context has backend && context.backend == "{denied_backend}" }};
+when {{ context has backend && context.backend.name == "{denied_backend}" }};
 
 // Data residency: submissions from the tenant's region only.
 @id("{tenant}/residency")
@@ -229,27 +242,20 @@ when
 }}
 unless {{ principal == Qustody::Principal::"{ci}" }};
 
-// Whoever submitted a job may cancel it, also as a viewer.
+// Only a job's owner (or a tenant admin) cancels it.
 @id("{tenant}/owners-cancel-own-jobs")
-permit (principal, action == Qustody::Action::"job:cancel", resource is Qustody::Job)
-when
-{{
-  resource has owner && resource.owner == principal &&
-  resource.tenant == principal.tenant && context.all_roles.contains("viewer")
-}};
+forbid (principal, action == Qustody::Action::"job:cancel", resource is Qustody::Job)
+when {{ resource has owner && resource.owner != principal }}
+unless {{ context.roles.contains("tenant-admin") }};
 
-// A pilot: viewers may submit until it ends.
-@id("{tenant}/pilot-viewers-submit")
-permit (principal, action == Qustody::Action::"job:submit", resource is Qustody::Project)
-when
-{{
-  context.roles.contains("viewer") && resource.tenant == principal.tenant &&
-  context has now && context.now < datetime("{pilot_end}")
-}};
+// Submissions end with the pilot.
+@id("{tenant}/pilot-ends")
+forbid (principal, action == Qustody::Action::"job:submit", resource is Qustody::Project)
+when {{ context.now >= datetime("{pilot_end}") }};
 
-// The CI pipeline reads every job of the tenant.
-@id("{tenant}/ci-reads-all-jobs")
-permit (
+// The CI pipeline reads no confidential or restricted jobs.
+@id("{tenant}/ci-reads-no-secrets")
+forbid (
   principal == Qustody::Principal::"{ci}",
   action in
     [Qustody::Action::"job:read",
@@ -257,7 +263,7 @@ permit (
      Qustody::Action::"result:read"],
   resource
 )
-when {{ resource has tenant && resource.tenant == principal.tenant }};
+when {{ context has data_class && ["confidential", "restricted"].contains(context.data_class) }};
 
 // Members of restricted projects are added with a second factor only.
 @id("{tenant}/restricted-members-need-mfa")
@@ -369,7 +375,12 @@ def policy_workload(tenants: list[TenantId], count: int, seed: int = 7) -> list[
     def make(w: _TenantWorld, other: _TenantWorld) -> PolicyRequest:
         kind = rng.randrange(14)
         if kind == 0:  # developer submits to a project, from some region, to some backend
-            context: dict[str, object] = {"backend": rng.choice(_BACKENDS), **environment()}
+            context: dict[str, object] = {
+                "backend": _BACKEND_FACTS[rng.choice(_BACKENDS)],
+                "qubits": rng.randrange(1, 27),
+                "shots": 1000,
+                **environment(),
+            }
             if rng.random() < 0.5:
                 context["region"] = rng.choice(_REGIONS)
             return w.developer, Action.JOB_SUBMIT, project(w, data_class()), context
@@ -378,8 +389,8 @@ def policy_workload(tenants: list[TenantId], count: int, seed: int = 7) -> list[
         if kind == 2:  # confidential results, with or without a second factor
             caller = _with_auth(w.developer, rng.choice(("mfa", "qustody-token")))
             return caller, Action.RESULT_READ, job(w, DataClass.CONFIDENTIAL, w.developer), None
-        if kind == 3:  # the pilot lets viewers submit
-            context = {"backend": rng.choice(_BACKENDS), "now": now}
+        if kind == 3:  # a viewer tries to submit (no permit; the pilot forbid too, after it ends)
+            context = {"backend": _BACKEND_FACTS[rng.choice(_BACKENDS)], "now": now}
             return w.viewer, Action.JOB_SUBMIT, project(w, DataClass.INTERNAL), context
         if kind == 4:  # a viewer cancels its own job, or someone else's
             owner = rng.choice((w.viewer, w.developer))

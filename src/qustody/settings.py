@@ -78,6 +78,10 @@ class Settings:
     jwks_min_refresh_seconds: float = 30.0
     #: The longest lifetime an API key may be given, in days (at most 90).
     api_key_max_days: int = 90
+    #: MFA step-up (RFC 9470) for privileged actions by people: on by default
+    #: in production (where it cannot be turned off), off by default in
+    #: development, with a warning (QUSTODY_STEP_UP=true turns it on).
+    step_up: bool | None = None
     #: Local accounts (password and TOTP kept by the gateway) for embedded mode
     #: without an identity provider: a development convenience, on by default in
     #: development (with a warning), refused in production.
@@ -88,6 +92,11 @@ class Settings:
     def local_accounts_enabled(self) -> bool:
         """Whether ``POST /v1/auth/local`` and the local-account routes work."""
         return self.mode != "production" if self.local_accounts is None else self.local_accounts
+
+    @property
+    def step_up_enforced(self) -> bool:
+        """Whether the step-up policies are loaded (``step_up``, else the mode's default)."""
+        return self.mode == "production" if self.step_up is None else self.step_up
 
     @property
     def resolved_database_url(self) -> str:
@@ -187,6 +196,12 @@ class Settings:
                 "(passwords and TOTP kept by the gateway) are a development convenience. Sign "
                 "people in through an OpenID Connect provider and remove the variable."
             )
+        if self.step_up is False:
+            raise ConfigurationError(
+                "QUSTODY_STEP_UP=false is refused in production mode: privileged actions "
+                "(policy and key changes, QPU and production backends, restricted data, "
+                "exports) need a fresh multi-factor sign-in there. Remove the variable."
+            )
         if self.resolved_database_url.startswith("sqlite"):
             raise ConfigurationError(
                 "production mode needs PostgreSQL: set QUSTODY_DATABASE_URL to a "
@@ -211,7 +226,7 @@ _OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR", "DPOP_K
 
 
 #: Settings whose default (``None``) depends on the mode; their values are booleans.
-_MODE_DEFAULT_FLAGS = frozenset({"local_accounts"})
+_MODE_DEFAULT_FLAGS = frozenset({"step_up", "local_accounts"})
 
 
 def _convert(raw: str, current: object, name: str) -> object:

@@ -10,6 +10,8 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
 
 import cedarpy
 import pytest
@@ -212,13 +214,21 @@ def expected_permits(role: str, action: Action) -> set[str]:
     return permits
 
 
+#: When the principals below signed in: a minute ago, with a second factor.
+SIGNED_IN = datetime.now(UTC) - timedelta(minutes=1)
+
+
 def principal(
     role: str,
     *,
     tenant: TenantId | None = None,
     scopes: frozenset[str] = frozenset({"*"}),
     ident: str | None = None,
+    mfa: bool = True,
+    kind: Literal["user", "workload", "operator"] = "user",
 ) -> Principal:
+    """A principal holding ``role``; by default a person who signed in a
+    minute ago with a second factor (so step-up forbids do not apply)."""
     tenant_roles: frozenset[Role] = frozenset()
     project_roles: tuple[tuple[ProjectId, Role], ...] = ()
     if role == "platform-admin":
@@ -232,12 +242,16 @@ def principal(
         id=PrincipalId(ident or f"usr_{role}"),
         tenant_id=home,
         name=role,
-        kind="user",
+        kind=kind,
         token_id="tok_current",
         scopes=scopes,
         auth_method="oidc",
         tenant_roles=tenant_roles,
         project_roles=project_roles,
+        auth_strength="aal2" if mfa else "aal1",
+        acr="mfa" if mfa else None,
+        amr=frozenset({"pwd", "otp"} if mfa else {"pwd"}),
+        auth_time=SIGNED_IN,
     )
 
 
@@ -651,33 +665,41 @@ def test_a_permit_that_cannot_be_evaluated_does_not_deny() -> None:
     assert "allow-eu" in decision.errors[0]
 
 
-def test_policy_index_changes_no_decision(
-    engine: CedarPolicyEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The per-(action, resource type) subsets decide exactly as the whole set."""
+def test_policy_index_changes_no_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-(action, resource type) subsets, with only the context keys their
+    policies read, decide exactly as the whole set with the whole context."""
 
-    def whole_set(book: object, action: Action, entity_type: str) -> cedarpy.PolicySet:
+    def whole_set(book: object, action: Action, entity_type: str) -> tuple[cedarpy.PolicySet, None]:
         assert isinstance(book, engine_module._PolicyBook)
         document = {
             "staticPolicies": {pid: p.body for pid, p in book.policies.items()},
             "templates": {},
             "templateLinks": [],
         }
-        return cedarpy.PolicySet.from_json_str(json.dumps(document))
+        return cedarpy.PolicySet.from_json_str(json.dumps(document)), None
 
+    examples = Path(__file__).resolve().parents[2] / "docs" / "examples" / "tenant-policies.cedar"
+    pruning = CedarPolicyEngine(
+        platform_tenant_id=PLATFORM, tenant_policies={TENANT_A: examples.read_text()}
+    )
+    pruning.set_tenant_timezone(TENANT_A, "Europe/Berlin")
+    late = {"now": datetime(2025, 3, 4, 20, 30, tzinfo=UTC), "sdk_version_number": 1000}
     cases = []
     for role in ROLES:
-        caller = principal(role)
-        for action in Action:
-            for target in (
-                resource_for(action, caller.tenant_id, caller.id),
-                foreign_resource(action, caller),
-            ):
-                if target is not None:
-                    cases.append((caller, action, target))
-    indexed = [engine.authorize(*case) for case in cases]
-    monkeypatch.setattr(engine_module._PolicyBook, "policy_set", whole_set)
-    assert [engine.authorize(*case) for case in cases] == indexed
+        for caller in (principal(role), principal(role, mfa=False)):
+            for action in Action:
+                for target in (
+                    resource_for(action, caller.tenant_id, caller.id),
+                    foreign_resource(action, caller),
+                ):
+                    if target is not None:
+                        cases.extend(
+                            ((caller, action, target, None), (caller, action, target, late))
+                        )
+    indexed = [pruning.authorize(c, a, t, context=x) for c, a, t, x in cases]
+    assert {d.allowed for d in indexed} == {True, False}
+    monkeypatch.setattr(engine_module._PolicyBook, "subset", whole_set)
+    assert [pruning.authorize(c, a, t, context=x) for c, a, t, x in cases] == indexed
 
 
 # -- resources the engine refuses to evaluate -----------------------------------------------
@@ -795,7 +817,7 @@ def test_context_the_engine_refuses(
         )
 
 
-# -- tenant policies ------------------------------------------------------------------------
+# -- tenant policies (more in test_policy_tenants.py) ---------------------------------------
 
 
 TENANT_A_RULES = """
@@ -803,8 +825,9 @@ TENANT_A_RULES = """
 forbid (principal, action == Qustody::Action::"job:cancel", resource)
 when { context has environment && context.environment == "prod" };
 
-@id("ten_a/everyone-lists-backends")
-permit (principal, action == Qustody::Action::"backend:list", resource is Qustody::Platform);
+@id("ten_a/no-backend-list-for-viewers")
+forbid (principal, action == Qustody::Action::"backend:list", resource is Qustody::Platform)
+when { context.all_roles.contains("viewer") };
 """
 
 
@@ -821,40 +844,36 @@ def test_tenant_policies_apply_to_that_tenant_only() -> None:
     assert engine.authorize(developer_b, Action.JOB_CANCEL, job_b, context=prod).allowed
 
     platform = Resource(type="platform", id="platform", tenant_id=None)
-    nobody_a = principal("nobody")
-    nobody_b = principal("nobody", tenant=TENANT_B, ident="usr_b_nobody")
-    assert engine.authorize(nobody_a, Action.BACKEND_LIST, platform).allowed
-    assert not engine.authorize(nobody_b, Action.BACKEND_LIST, platform).allowed
+    viewer_a = principal("viewer")
+    viewer_b = principal("viewer", tenant=TENANT_B, ident="usr_b_viewer")
+    assert not engine.authorize(viewer_a, Action.BACKEND_LIST, platform).allowed
+    assert engine.authorize(viewer_b, Action.BACKEND_LIST, platform).allowed
     assert "ten_a/no-prod-cancel" in engine.policy_ids(TENANT_A)
     assert "ten_a/no-prod-cancel" not in engine.policy_ids(TENANT_B)
 
 
 def test_tenant_policies_cannot_lift_the_guardrails() -> None:
     grant_all = '@id("ten_a/grant-all")\npermit (principal, action, resource);'
-    engine = CedarPolicyEngine(tenant_policies={TENANT_A: grant_all})
-    caller = principal("nobody")
-    foreign = resource_for(Action.JOB_READ, TENANT_B, PrincipalId("usr_in_b"), project=PROJECT_B)
-    decision = engine.authorize(caller, Action.JOB_READ, foreign)
-    assert not decision.allowed
-    assert decision.policy_ids == ("forbid-cross-tenant",)
+    with pytest.raises(PolicyError, match="may only forbid"):
+        CedarPolicyEngine(tenant_policies={TENANT_A: grant_all})
 
 
 def test_replacing_tenant_policies() -> None:
     engine = CedarPolicyEngine(tenant_policies={TENANT_A: TENANT_A_RULES})
-    nobody = principal("nobody")
+    viewer = principal("viewer")
     platform = Resource(type="platform", id="platform", tenant_id=None)
     with pytest.raises(PolicyError, match="reuses"):
         engine.replace_tenant_policies(
-            TENANT_A, '@id("forbid-cross-tenant")\npermit (principal, action, resource);'
+            TENANT_A, '@id("forbid-cross-tenant")\nforbid (principal, action, resource);'
         )
     with pytest.raises(PolicyError, match="does not validate"):
         engine.replace_tenant_policies(
-            TENANT_A, '@id("x")\npermit (principal, action, resource) when { context.nope };'
+            TENANT_A, '@id("x")\nforbid (principal, action, resource) when { context.nope };'
         )
     # A refused update leaves the tenant's policies as they were.
-    assert engine.authorize(nobody, Action.BACKEND_LIST, platform).allowed
+    assert not engine.authorize(viewer, Action.BACKEND_LIST, platform).allowed
     engine.replace_tenant_policies(TENANT_A, None)
-    assert not engine.authorize(nobody, Action.BACKEND_LIST, platform).allowed
+    assert engine.authorize(viewer, Action.BACKEND_LIST, platform).allowed
     assert engine.policy_ids(TENANT_A) == engine.policy_ids()
 
 
@@ -897,7 +916,7 @@ def test_unterminated_policy_is_found() -> None:
         ('@id("t")\npermit (principal == ?principal, action, resource);', "template"),
         (
             '@id("typo")\npermit (principal, action, resource) when { context.role == "x" };',
-            "typo: ",
+            'policy "typo" at line 1: attribute `role` in context not found',
         ),
         (
             '@id("no-such-action")\n'

@@ -34,6 +34,7 @@ from qustody.api.routes import (
     jobs,
     keys,
     login,
+    policies,
     scim,
     token_exchange,
 )
@@ -67,6 +68,7 @@ from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.guard import Guard
+from qustody.policy.tenant_policies import TenantPolicies, TenantPolicyLoader
 from qustody.settings import Settings, load_settings
 from qustody.storage.db import Database
 from qustody.storage.models import AUDIT_EVENTS
@@ -133,7 +135,16 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         audience=settings.audience,
         max_ttl_seconds=settings.token_max_ttl_seconds,
     )
-    guard = Guard(CedarPolicyEngine(), db)
+    engine = CedarPolicyEngine(step_up=settings.step_up_enforced)
+    if not settings.step_up_enforced:
+        warnings.warn(
+            "MFA step-up is off (development mode): privileged actions take any valid token. "
+            "Set QUSTODY_STEP_UP=true to require a fresh multi-factor sign-in, as production does.",
+            InsecureDevelopmentWarning,
+            stacklevel=2,
+        )
+    policy_loader = TenantPolicyLoader(db, engine)
+    guard = Guard(engine, db, tenant_policies=policy_loader)
     admin_service = AdminService(db, guard, tokens)
     # External JWTs (OIDC ID tokens, CI tokens): plain http only to loopback, in development.
     verifier = JwtVerifier(
@@ -174,6 +185,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         audit_log,
         audit,
         TenantKeys(db, guard, keys),
+        policies=TenantPolicies(db, guard, engine, policy_loader),
         jwt_verifier=verifier,
         oidc=OidcService(
             db,
@@ -384,6 +396,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     problems.install(app)
     for router in (health.router, jobs.router, admin.router, audit.router, keys.router):
         app.include_router(router)
+    app.include_router(policies.router)
     app.include_router(login.router)
     app.include_router(accounts.router)
     app.include_router(credentials.router)

@@ -21,6 +21,7 @@ from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.service import JobService
 from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
+from qustody.policy.tenant_policies import TenantPolicies
 from qustody.settings import Settings
 from qustody.storage.db import Database
 
@@ -36,6 +37,7 @@ class Services:
     audit_log: AuditLog
     audit: AuditReader
     tenant_keys: TenantKeys
+    policies: TenantPolicies
     jwt_verifier: JwtVerifier
     oidc: OidcService
     scim: ScimService

@@ -37,9 +37,10 @@ from qustody.cli.identity import (
 from qustody.cli.keys import keys
 from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
+from qustody.cli.policy import policy
 from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
 from qustody.client import Client
-from qustody.client.errors import QustodyClientError, QustodyTimeoutError
+from qustody.client.errors import QustodyClientError, QustodyTimeoutError, StepUpRequired
 from qustody.domain.errors import InsecureDevelopmentWarning, QustodyError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -651,6 +652,7 @@ cli.add_command(logout)
 cli.add_command(secrets)
 cli.add_command(export_key)
 cli.add_command(unseal)
+cli.add_command(policy)
 
 
 def main() -> None:
@@ -667,6 +669,12 @@ def main() -> None:
         sys.exit(error.exit_code)
     except QustodyError as error:
         click.echo(f"error: {error.detail} [{error.code}]", err=True)
+        sys.exit(1)
+    except StepUpRequired as error:
+        click.echo(f"error: {error.detail} [{error.code}]", err=True)
+        flags = f" --max-age {error.max_age}" if error.max_age is not None else ""
+        flags += "".join(f" --acr {acr}" for acr in (error.acr_values or "").split())
+        click.echo(f"step up: sign in again with `qustody login{flags}`, then retry", err=True)
         sys.exit(1)
     except QustodyClientError as error:
         click.echo(f"error: {error.detail} [{error.code}]", err=True)

@@ -23,6 +23,7 @@ from qustody.client.errors import (
     QustodyJobError,
     QustodyProtocolError,
     QustodyTimeoutError,
+    StepUpRequired,
 )
 from qustody.client.identity import ExchangedToken, exchange_token
 from qustody.client.models import (
@@ -96,6 +97,7 @@ __all__ = [
     "Readiness",
     "Result",
     "ResultMetadata",
+    "StepUpRequired",
     "Tenant",
     "TenantCreated",
     "Transition",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
-from qustody.client.errors import QustodyAPIError
+from qustody.client.errors import QustodyAPIError, StepUpRequired
 
 PROBLEM_TYPE_PREFIX = "urn:qustody:problem:"
+#: The problem code of a step-up challenge (RFC 9470's error code).
+STEP_UP_CODE = "insufficient_user_authentication"
 _KNOWN_MEMBERS = frozenset(
     {"type", "title", "status", "code", "detail", "field", "request_id", "instance"}
 )
@@ -61,7 +63,8 @@ def _from_problem(
     if detail is None:
         raw_detail = document.get("detail")
         detail = _snippet(json.dumps(raw_detail)) if raw_detail is not None else title
-    return QustodyAPIError(
+    kind = StepUpRequired if code == STEP_UP_CODE else QustodyAPIError
+    return kind(
         status=status,
         code=code or "http_error",
         title=title,

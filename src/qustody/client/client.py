@@ -44,6 +44,7 @@ from qustody.client.models import (
     TenantCreated,
     items_of,
 )
+from qustody.client.policies import PolicyDiff, PolicyVersion
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -482,6 +483,47 @@ class Client(IdentityMethods, AccountMethods):
         return self._request(
             "GET", f"/jobs/{_segment(job_id)}/result", params={"sealed": "true"}
         ).content
+
+    # ------------------------------------------------------- tenant policies
+
+    def policy(self) -> PolicyVersion:
+        """Your tenant's policies in force (version 0 and empty text: none yet)."""
+        return PolicyVersion.from_json(self._json("GET", "/policies"))
+
+    def set_policy(
+        self, text: str, *, comment: str | None = None, base_version: int | None = None
+    ) -> PolicyVersion:
+        """Store ``text`` (Cedar forbids) as your tenant's next policy version.
+
+        With ``base_version`` the gateway refuses (409) if someone else changed
+        the policies since that version. A policy that does not validate is
+        refused (422, ``invalid_policy``) naming the policy and its line.
+        """
+        body: dict[str, Any] = {"text": text}
+        if comment is not None:
+            body["comment"] = comment
+        if base_version is not None:
+            body["base_version"] = base_version
+        return PolicyVersion.from_json(self._json("PUT", "/policies", json=body))
+
+    def policy_versions(self) -> list[PolicyVersion]:
+        """Every version of your tenant's policies, newest first (without text)."""
+        return self._list(PolicyVersion, "/policies/versions")
+
+    def policy_version(self, version: int) -> PolicyVersion:
+        return PolicyVersion.from_json(self._json("GET", f"/policies/versions/{int(version)}"))
+
+    def policy_diff(
+        self, from_version: int | None = None, to_version: int | None = None
+    ) -> PolicyDiff:
+        """A unified diff between two versions; by default the newest against its
+        predecessor."""
+        params: dict[str, str | int] = {}
+        if from_version is not None:
+            params["from"] = from_version
+        if to_version is not None:
+            params["to"] = to_version
+        return PolicyDiff.from_json(self._json("GET", "/policies/diff", params=params))
 
     # ------------------------------------------------------------------- health
 

@@ -76,6 +76,27 @@ class QustodyAPIError(QustodyClientError):
         )
 
 
+class StepUpRequired(QustodyAPIError):
+    """The gateway wants a stronger or more recent sign-in (HTTP 401,
+    ``insufficient_user_authentication``, RFC 9470).
+
+    Sign in again asking the identity provider for :attr:`acr_values` and
+    :attr:`max_age` (``qustody login --max-age N``), then retry with the new token.
+    """
+
+    @property
+    def acr_values(self) -> str | None:
+        """Space-separated ACR values to ask for, if the gateway named any."""
+        value = self.extras.get("acr_values")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def max_age(self) -> int | None:
+        """How many seconds old the new sign-in may be at most, if limited."""
+        value = self.extras.get("max_age")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class QustodyConnectionError(QustodyClientError):
     """The gateway could not be reached, or did not answer in time."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -62,6 +63,10 @@ class Resource:
     project_id: ProjectId | None = None
     data_class: DataClass | None = None
     owner_id: PrincipalId | None = None
+    #: More attributes of the resource's Cedar entity, as the policy schema
+    #: declares them for its type (a job's ``backend``, ``qubits``, ``shots``;
+    #: a backend's ``simulator``, ``environment``, ...).
+    attributes: Mapping[str, str | int | bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,9 @@ class BackendInfo:
     basis_gates: tuple[str, ...]
     method: str
     online: bool = True
+    #: Where it runs, for policies: ``dev``, ``staging`` or ``prod``, and a region name.
+    environment: str = "dev"
+    region: str = "local"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from qustody.domain.ids import (
 from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action, DataClass, Role
 from qustody.identity.errors import AlreadyInitialized, NameTaken
-from qustody.identity.tokens import IssuedToken, TokenService
+from qustody.identity.tokens import IssuedToken, SignIn, TokenService
 from qustody.policy.guard import Guard, not_found
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database
@@ -384,6 +384,14 @@ class AdminService:
                     f"{sorted(caller.scopes)}; ask for fewer.",
                     field="scopes",
                 )
+        # A token one mints for oneself is no stronger than one's own: it keeps
+        # the sign-in's acr, amr and auth_time (step-up ages from that sign-in).
+        own = target_id == caller.id
+        sign_in = (
+            SignIn(acr=caller.acr, amr=tuple(sorted(caller.amr)), auth_time=caller.auth_time)
+            if own
+            else None
+        )
         with self._db.write() as session:
             token = self._tokens.issue(
                 session,
@@ -391,6 +399,7 @@ class AdminService:
                 tenant_id=caller.tenant_id,
                 scopes=wanted,
                 ttl_seconds=ttl_seconds,
+                sign_in=sign_in,
             )
             record(
                 session,

@@ -50,6 +50,7 @@ from qustody.jobs.errors import JobNotFinished
 from qustody.jobs.notify import Notifier
 from qustody.jobs.views import JobPage, JobView, ResultView, TransitionView
 from qustody.keys.service import KeyScope, KeyService, Purpose
+from qustody.policy.facts import backend_attributes, job_attributes, submission_context
 from qustody.policy.guard import Guard, not_found
 from qustody.storage import models as m
 from qustody.storage.db import Database
@@ -171,6 +172,7 @@ def job_resource(job: m.Job, data_class: str | None = None) -> Resource:
         project_id=ProjectId(job.project_id),
         data_class=DataClass(data_class) if data_class else None,
         owner_id=None,
+        attributes=job_attributes(job.backend, job.num_qubits, job.shots),
     )
 
 
@@ -232,15 +234,14 @@ class JobService:
         self._notifier = notifier
         self._validate = validate
         self._limits = limits
+        #: Project id -> data class, for policies on jobs (a project's class never changes).
+        self._data_classes: dict[str, str] = {}
 
     # -- submit -----------------------------------------------------------------
 
     def submit(self, caller: Principal, request: RequestContext, spec: SubmitRequest) -> JobView:
         backend = self._registry.get(spec.backend)
         resource = self._admin.project_scope(caller.tenant_id, spec.project)
-        decision = self._guard.check(
-            caller, Action.JOB_SUBMIT, resource, request, context={"backend": backend.info.name}
-        )
         source = spec.qasm.encode("utf-8", errors="surrogatepass")
         digest = sha256_hex(source)
         actor = Actor.of(caller)
@@ -252,6 +253,17 @@ class JobService:
         except QustodyError as error:
             # A refused circuit still leaves a job, ``rejected``, with its hash only.
             info, refusal = None, error
+        # Decided once the circuit's size is known: policies may limit qubits.
+        # Validation is bounded (size, time, memory), so an unauthorized
+        # caller costs no more than an authorized one.
+        qubits = info.num_qubits if info else None
+        decision = self._guard.check(
+            caller,
+            Action.JOB_SUBMIT,
+            resource,
+            request,
+            context=submission_context(backend.info, qubits=qubits, shots=spec.shots),
+        )
         now = datetime.now(UTC)
         job = m.Job(
             id=new_job_id(),
@@ -341,6 +353,18 @@ class JobService:
 
     # -- reads --------------------------------------------------------------------
 
+    def _resource(self, job: m.Job) -> Resource:
+        """The job as the policies see it, with its project's data class."""
+        data_class = self._data_classes.get(job.project_id)
+        if data_class is None:
+            with self._db.reading() as connection:
+                data_class = connection.execute(
+                    select(m.PROJECTS.c.data_class).where(m.PROJECTS.c.id == job.project_id)
+                ).scalar()
+            if data_class is not None:
+                self._data_classes[job.project_id] = data_class
+        return job_resource(job, data_class)
+
     def _metadata(self, job: m.Job) -> dict[str, object] | None:
         """The job's name and labels, opened from their sealed form."""
         with self._db.reading() as connection:
@@ -384,7 +408,7 @@ class JobService:
                     )
                 )
             if not checked:
-                self._guard.check(caller, Action.JOB_READ, job_resource(job), request)
+                self._guard.check(caller, Action.JOB_READ, self._resource(job), request)
                 checked = True
             remaining = deadline - time.monotonic()
             if JobState(job.state).terminal or remaining <= 0:
@@ -469,10 +493,11 @@ class JobService:
         allowed: list[str] = [
             pid
             for pid in sorted({pid for pid, _ in caller.project_roles})
-            if self._guard.engine.authorize(
+            if self._guard.decide(
                 caller,
                 Action.JOB_LIST,
                 Resource("project", pid, caller.tenant_id, project_id=pid),
+                request,
             ).allowed
         ]
         if not allowed:
@@ -492,7 +517,10 @@ class JobService:
             raise not_found("backend", name[:64])
         info = self._registry.get(name).info
         self._guard.check(
-            caller, Action.BACKEND_READ, Resource("backend", info.name, None), request
+            caller,
+            Action.BACKEND_READ,
+            Resource("backend", info.name, None, attributes=backend_attributes(info)),
+            request,
         )
         return info
 
@@ -501,7 +529,7 @@ class JobService:
     def cancel(self, caller: Principal, request: RequestContext, job_id: str) -> JobView:
         with self._db.read() as session:
             job = self._load(session, caller, job_id)
-        decision = self._guard.check(caller, Action.JOB_CANCEL, job_resource(job), request)
+        decision = self._guard.check(caller, Action.JOB_CANCEL, self._resource(job), request)
         now = datetime.now(UTC)
         with self._db.write() as session:
             job = self._load(session, caller, job_id)
@@ -550,7 +578,7 @@ class JobService:
                     m.SealedObject.object_id == job.id, m.SealedObject.field == RESULT_FIELD
                 )
             )
-        decision = self._guard.check(caller, Action.RESULT_READ, job_resource(job), request)
+        decision = self._guard.check(caller, Action.RESULT_READ, self._resource(job), request)
         state = JobState(job.state)
         payload = None
         if state is JobState.COMPLETED:

@@ -18,12 +18,25 @@ The Cedar model (``policies/qustody.cedarschema`` is the authority):
 - resource ``Qustody::<Type>::"<id>"`` for the :class:`Resource` types
   (``Platform``, ``Tenant``, ``Project``, ``Job``, ``Backend``, ``Principal``,
   ``Token``); every tenant-scoped resource carries ``tenant``, platform
-  resources none;
-- context ``roles`` (the roles that apply to the resource: tenant-wide roles plus
-  the roles of the resource's project), ``all_roles`` (every role held in the
-  tenant), ``scopes`` and ``required_scope`` (the token's scopes and the one the
-  action needs), ``auth_method``, ``data_class`` when the resource has one, and
-  whatever the caller adds.
+  resources none; :attr:`Resource.attributes` adds what the schema declares
+  for the type (a job's ``backend`` and ``qubits``, a backend's ``simulator``);
+- context, computed here: ``roles`` (the roles that apply to the resource:
+  tenant-wide roles plus the roles of the resource's project), ``all_roles``
+  (every role held in the tenant), ``scopes`` and ``required_scope`` (the
+  token's scopes and the one the action needs), ``auth_method``, how the
+  caller signed in (``mfa``, ``auth_age``, ``acr``, ``amr``, ``dpop``), the
+  time (``now``, and ``local_hour``, ``local_minute``, ``local_weekday`` in the
+  tenant's time zone), ``data_class`` when the resource has one; and whatever
+  the caller adds (``backend``, ``qubits``, ``shots``, ``sdk_version``, ...).
+
+Platform policies may permit and forbid. A tenant's own policies may only
+forbid: evaluated only for that tenant's principals, they can narrow what the
+platform allows there and nothing else.
+
+A forbid annotated ``@step_up("<acr values>")`` (and ``@max_age("<seconds>")``)
+is lifted by signing in again more strongly: when only such forbids deny, and
+a fresh multi-factor sign-in would be allowed, :meth:`CedarPolicyEngine.step_up`
+says what to ask for (RFC 9470).
 
 Fail closed: Cedar skips a policy whose evaluation errors, which for a forbid
 would mean allowing what it forbids; this engine denies instead.
@@ -33,13 +46,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import cedarpy
 
@@ -50,6 +64,7 @@ from qustody.policy.errors import PolicyError
 
 __all__ = [
     "CedarPolicyEngine",
+    "StepUp",
     "default_policies",
     "default_schema",
 ]
@@ -70,16 +85,52 @@ _ENTITY_TYPES: Mapping[str, str] = {
 _TENANT_SCOPED = frozenset({"tenant", "project", "job", "principal", "token"})
 #: Resource types that may name an owner (the schema declares ``owner`` on them).
 _OWNED = frozenset({"project", "job", "token"})
+#: Entity attributes the engine sets from a Resource's own fields.
+_ENGINE_ATTRIBUTES = frozenset({"tenant", "project", "data_class", "owner"})
 #: Context keys the engine computes; a caller may not set them.
 _RESERVED_CONTEXT = frozenset(
-    {"roles", "all_roles", "scopes", "required_scope", "auth_method", "data_class"}
+    {
+        "roles",
+        "all_roles",
+        "scopes",
+        "required_scope",
+        "auth_method",
+        "data_class",
+        "mfa",
+        "auth_age",
+        "acr",
+        "amr",
+        "dpop",
+        "local_hour",
+        "local_minute",
+        "local_weekday",
+    }
 )
+#: Context keys computed only when a policy that may apply reads them.
+_SIGN_IN_KEYS = frozenset({"mfa", "auth_age", "acr", "amr", "dpop"})
+_LOCAL_TIME_KEYS = frozenset({"local_hour", "local_minute", "local_weekday"})
+#: Assurance levels (NIST SP 800-63B) that mean a multi-factor sign-in.
+_MULTI_FACTOR = frozenset({"aal2", "aal3"})
 _CEDAR_LONG_MIN, _CEDAR_LONG_MAX = -(2**63), 2**63 - 1
 _POLICY_IN_ERROR = re.compile(r"[^`]*\bpolicy `([^`]+)`")
 _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+#: ``@step_up`` values: ACR values as an RFC 6750 quoted string may carry them.
+_ACR_VALUES = re.compile(r"([\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*)?")
+#: The longest ``@max_age`` a step-up policy may name: a day.
+MAX_STEP_UP_AGE = 86_400
 _POLICY_FILES_SUFFIX = ".cedar"
 _SCHEMA_FILE = "qustody.cedarschema"
 _ACTIONS = frozenset(action.value for action in Action)
+#: What a tenant whose stored policies no longer load may still do: read and
+#: replace them. Everything else is refused (fail closed).
+_LOCKOUT = """
+@id("tenant-policies-unloadable")
+forbid (principal, action, resource)
+unless
+{
+  action in [Qustody::Action::"policy:read", Qustody::Action::"policy:set"]
+};
+"""
 
 
 def _policy_dir() -> Traversable:
@@ -101,11 +152,28 @@ def default_schema() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class StepUp:
+    """What a denial asks of the caller's sign-in (RFC 9470 section 3).
+
+    Reported only when step-up forbids alone denied and the same request,
+    made after a fresh multi-factor sign-in, would be allowed.
+    """
+
+    #: Space-separated ACR values to ask the identity provider for ("" for none).
+    acr_values: str
+    #: The longest a sign-in may lie in the past, in seconds, or ``None``.
+    max_age: int | None
+    policy_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Policy:
     #: The ``@id`` annotation; also the id Cedar reports, see :class:`_PolicyBook`.
     id: str
     #: Where it was loaded from (a file name).
     source: str
+    #: The line of its first line of code in that source.
+    line: int
     effect: Literal["permit", "forbid"]
     #: Cedar JSON (EST) of the policy, as Cedar produced it.
     body: Mapping[str, object]
@@ -113,6 +181,11 @@ class _Policy:
     actions: frozenset[str] | None
     #: The resource entity types its scope can match; ``None`` for any.
     resource_types: frozenset[str] | None
+    #: ``@step_up``: the ACR values a stronger sign-in should meet; ``None``
+    #: for a policy that no sign-in lifts.
+    step_up: str | None = None
+    #: ``@max_age``: how recent that sign-in must be, in seconds.
+    max_age: int | None = None
 
     def may_apply(self, action: Action, entity_type: str) -> bool:
         return (self.actions is None or action.value in self.actions) and (
@@ -131,15 +204,25 @@ class _PolicyBook:
 
     The subsets are built on first use from Cedar's own JSON form of the
     policies, keyed by their ``@id``, so Cedar reports the ``@id`` itself.
+
+    Each subset also knows which context keys its policies read: Cedar parses
+    every key it is handed (the time, a datetime, costs as much as several
+    policies), and a key no policy of the subset reads cannot change its
+    decision, so the engine leaves such keys out.
     """
 
     __slots__ = ("_subsets", "policies")
 
     def __init__(self, policies: Mapping[str, _Policy]) -> None:
         self.policies = dict(policies)
-        self._subsets: dict[tuple[Action, str], cedarpy.PolicySet] = {}
+        self._subsets: dict[
+            tuple[Action, str], tuple[cedarpy.PolicySet, frozenset[str] | None]
+        ] = {}
 
-    def policy_set(self, action: Action, entity_type: str) -> cedarpy.PolicySet:
+    def subset(
+        self, action: Action, entity_type: str
+    ) -> tuple[cedarpy.PolicySet, frozenset[str] | None]:
+        """The policies that can apply, and the context keys they read (``None``: any)."""
         key = (action, entity_type)
         subset = self._subsets.get(key)
         if subset is None:
@@ -149,9 +232,43 @@ class _PolicyBook:
                 if policy.may_apply(action, entity_type)
             }
             document = {"staticPolicies": chosen, "templates": {}, "templateLinks": []}
-            subset = cedarpy.PolicySet.from_json_str(json.dumps(document))
+            subset = (
+                cedarpy.PolicySet.from_json_str(json.dumps(document)),
+                _context_keys(chosen.values()),
+            )
             self._subsets[key] = subset
         return subset
+
+
+def _context_keys(bodies: Iterable[Mapping[str, object]]) -> frozenset[str] | None:
+    """The context keys ``bodies`` (Cedar JSON) read, or ``None`` when one of
+    them uses ``context`` other than as ``context.key`` or ``context has key``."""
+    keys: set[str] = set()
+    loose = False
+
+    def walk(node: object) -> None:
+        nonlocal loose
+        if isinstance(node, list):
+            for child in node:
+                walk(child)
+        elif isinstance(node, Mapping):
+            if node.get("Var") == "context":
+                loose = True  # a use not consumed as a key access below
+                return
+            for operator, operand in node.items():
+                if (
+                    operator in (".", "has")
+                    and isinstance(operand, Mapping)
+                    and operand.get("left") == {"Var": "context"}
+                    and isinstance(operand.get("attr"), str)
+                ):
+                    keys.add(operand["attr"])
+                else:
+                    walk(operand)
+
+    for body in bodies:
+        walk(body.get("conditions", []))
+    return None if loose else frozenset(keys)
 
 
 class CedarPolicyEngine:
@@ -161,11 +278,16 @@ class CedarPolicyEngine:
     mapping of source name (a file name) to Cedar text, or ``None`` for the
     shipped policies. An empty policy set is allowed and denies everything.
 
+    ``step_up`` keeps the policies annotated ``@step_up`` among them; without
+    it they are left out (a development convenience: privileged actions then
+    need no fresh multi-factor sign-in).
+
     ``tenant_policies`` adds policies of one tenant (same forms, keyed by tenant
-    id). They are evaluated, together with the shared ones, only for that
-    tenant's principals: a tenant's policy cannot grant anything to anyone else,
-    and one tenant's policies cost the others nothing. See
-    :meth:`replace_tenant_policies` to change them at run time.
+    id). They may only forbid, and are evaluated, together with the shared
+    ones, only for that tenant's principals: a tenant's policy can narrow what
+    the platform allows its own principals and nothing else, and one tenant's
+    policies cost the others nothing. See :meth:`replace_tenant_policies` to
+    change them at run time.
 
     ``schema`` (Cedar schema syntax) defaults to the shipped schema; with
     ``validate`` (the default) every policy is checked against it when loaded.
@@ -191,16 +313,34 @@ class CedarPolicyEngine:
         validate: bool = True,
         check_requests: bool = False,
         platform_tenant_id: TenantId | None = None,
+        step_up: bool = True,
     ) -> None:
         self._platform_tenant_id = platform_tenant_id
         self._schema = _parse_schema(default_schema() if schema is None else schema)
         self._validate = validate
         self._check_requests = check_requests
+        self.step_up_enforced = step_up
         sources = _sources(default_policies() if policies is None else policies, "policies")
-        self._base = _PolicyBook(self._load(sources, taken={}))
+        # Every shipped id stays reserved, the step-up ones included when left out.
+        self._shipped = self._load(sources, taken={}, tenant=False)
+        self._base = _PolicyBook(
+            {pid: p for pid, p in self._shipped.items() if step_up or p.step_up is None}
+        )
         self._books: dict[TenantId, _PolicyBook] = {}
+        self._zones: dict[TenantId, tzinfo] = {}
         for tenant_id, tenant_sources in (tenant_policies or {}).items():
             self.replace_tenant_policies(tenant_id, tenant_sources)
+
+    # -- tenants --------------------------------------------------------------------
+
+    def check_tenant_policies(self, policies: str | Mapping[str, str]) -> tuple[str, ...]:
+        """Check a tenant's policies as :meth:`replace_tenant_policies` would,
+        without installing them; returns their ids.
+
+        Raises :class:`PolicyError` naming the source, the policy and its line;
+        its ``extra`` holds ``policy_id`` and ``line`` where known.
+        """
+        return tuple(self._load(_sources(policies, "policies"), self._shipped, tenant=True))
 
     def replace_tenant_policies(
         self, tenant_id: TenantId, policies: str | Mapping[str, str] | None
@@ -211,19 +351,45 @@ class CedarPolicyEngine:
         a refused update (:class:`PolicyError`) leaves the tenant's policies as
         they were.
         """
-        sources = _sources(policies or "", "policies")
-        named = {f"tenant {tenant_id}: {name}": text for name, text in sources.items()}
-        own = self._load(named, taken=self._base.policies)
+        own = self._load(_sources(policies or "", "policies"), self._shipped, tenant=True)
+        self._install(tenant_id, own)
+
+    def fail_closed(self, tenant_id: TenantId) -> None:
+        """Refuse everything to the tenant's principals but reading and replacing
+        its policies: for when its stored policies cannot be loaded."""
+        lockout = _load({"lockout": _LOCKOUT}, {}, tenant=True)
+        self._install(tenant_id, lockout)
+
+    def set_tenant_timezone(self, tenant_id: TenantId, name: str | None) -> None:
+        """The IANA time zone (``Europe/Berlin``) of the tenant's local-time
+        context keys; ``None`` or ``UTC`` for UTC. Raises :class:`PolicyError`
+        for a zone this machine does not know."""
+        if name is None or name == "UTC":
+            self._zones.pop(tenant_id, None)
+            return
+        try:
+            self._zones[tenant_id] = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise PolicyError(
+                f"time zone {name[:64]!r} is not an IANA time zone name (e.g. Europe/Berlin)",
+                field="timezone",
+            ) from None
+
+    def policy_ids(self, tenant_id: TenantId | None = None) -> tuple[str, ...]:
+        """The ``@id`` of every policy that decides for ``tenant_id``'s principals
+        (the shared policies alone when ``None``), in load order."""
+        return tuple(policy.id for policy in self._book(tenant_id).policies.values())
+
+    def _install(self, tenant_id: TenantId, own: Mapping[str, _Policy]) -> None:
         if own:
             self._books[tenant_id] = _PolicyBook({**self._base.policies, **own})
         else:
             self._books.pop(tenant_id, None)
 
-    def policy_ids(self, tenant_id: TenantId | None = None) -> tuple[str, ...]:
-        """The ``@id`` of every policy that decides for ``tenant_id``'s principals
-        (the shared policies alone when ``None``), in load order."""
-        book = self._base if tenant_id is None else self._books.get(tenant_id, self._base)
-        return tuple(policy.id for policy in book.policies.values())
+    def _book(self, tenant_id: TenantId | None) -> _PolicyBook:
+        return self._base if tenant_id is None else self._books.get(tenant_id, self._base)
+
+    # -- decisions ------------------------------------------------------------------
 
     def authorize(
         self,
@@ -247,14 +413,32 @@ class CedarPolicyEngine:
             roles = roles - {Role.PLATFORM_ADMIN}
             all_roles = all_roles - {Role.PLATFORM_ADMIN}
 
+        entity_type = _ENTITY_TYPES[resource.type]
+        book = self._book(principal.tenant_id)
+        policy_set, reads = book.subset(action, entity_type)
+        if self._check_requests:
+            reads = None  # every key, so that the whole request is checked
+
+        moment = _moment(context)
         cedar_context = _caller_context(context) if context else {}
+        if reads is None or "now" in reads:
+            cedar_context.setdefault("now", _cedar_datetime(moment))
         cedar_context["roles"] = [role.value for role in roles]
         cedar_context["all_roles"] = [role.value for role in all_roles]
         cedar_context["scopes"] = list(principal.scopes)
         cedar_context["required_scope"] = action.resource
         cedar_context["auth_method"] = principal.auth_method
+        if reads is None or not _SIGN_IN_KEYS.isdisjoint(reads):
+            cedar_context.update(_sign_in_context(principal, moment))
+        if reads is None or not _LOCAL_TIME_KEYS.isdisjoint(reads):
+            local = moment.astimezone(self._zones.get(principal.tenant_id, UTC))
+            cedar_context["local_hour"] = local.hour
+            cedar_context["local_minute"] = local.minute
+            cedar_context["local_weekday"] = local.isoweekday()
         if resource.data_class is not None:
             cedar_context["data_class"] = resource.data_class.value
+        if reads is not None:
+            cedar_context = {k: v for k, v in cedar_context.items() if k in reads}
 
         principal_uid = {"type": _PRINCIPAL_TYPE, "id": principal.id}
         entities: list[dict[str, object]] = [
@@ -270,18 +454,45 @@ class CedarPolicyEngine:
         ]
         if resource_entity is not None:
             entities.append(resource_entity)
-        entity_type = _ENTITY_TYPES[resource.type]
         request = {
             "principal": principal_uid,
             "action": {"type": _ACTION_TYPE, "id": action.value},
             "resource": {"type": entity_type, "id": resource.id},
             "context": cedar_context,
         }
-        book = self._books.get(principal.tenant_id, self._base)
-        policy_set = book.policy_set(action, entity_type)
+        decision = self._evaluate(action, request, policy_set, entities, book)
+        stepped = _stepped_up(decision, book)
+        if stepped is None:
+            return decision
+        # Only step-up forbids deny: would a fresh multi-factor sign-in be
+        # allowed? If not, the caller is told the real reason, not to sign in again.
+        acr = stepped.acr_values.split()
+        request["context"] = {
+            **cedar_context,
+            "mfa": True,
+            "auth_age": 0,
+            "amr": sorted({*principal.amr, "mfa"}),
+            **({"acr": acr[0]} if acr else {}),
+        }
+        again = self._evaluate(action, request, policy_set, entities, book)
+        return decision if again.allowed else again
+
+    def step_up(self, tenant_id: TenantId, decision: Decision) -> StepUp | None:
+        """What sign-in would lift ``decision`` (a denial :meth:`authorize` made
+        for a principal of ``tenant_id``), or ``None`` when none would."""
+        return _stepped_up(decision, self._book(tenant_id))
+
+    def _evaluate(
+        self,
+        action: Action,
+        request: Mapping[str, object],
+        policy_set: cedarpy.PolicySet,
+        entities: list[dict[str, object]],
+        book: _PolicyBook,
+    ) -> Decision:
         schema = self._schema if self._check_requests else None
         try:
-            result = cedarpy.is_authorized(request, policy_set, entities, schema)
+            result = cedarpy.is_authorized(dict(request), policy_set, entities, schema)
         except ValueError as exc:
             if self._check_requests:
                 raise PolicyError(f"request does not conform to the policy schema: {exc}") from exc
@@ -294,8 +505,10 @@ class CedarPolicyEngine:
                 raise PolicyError(f"request does not conform to the policy schema: {refused[0]}")
         return _decision(action, result, book.policies)
 
-    def _load(self, sources: Mapping[str, str], taken: Mapping[str, _Policy]) -> dict[str, _Policy]:
-        policies = _load(sources, taken)
+    def _load(
+        self, sources: Mapping[str, str], taken: Mapping[str, _Policy], *, tenant: bool
+    ) -> dict[str, _Policy]:
+        policies = _load(sources, taken, tenant=tenant)
         if self._validate:
             for name, text in sources.items():
                 _validate(text, name, self._schema)
@@ -305,6 +518,22 @@ class CedarPolicyEngine:
         if Role.PLATFORM_ADMIN not in principal.tenant_roles:
             return False
         return self._platform_tenant_id is None or principal.tenant_id == self._platform_tenant_id
+
+
+def _stepped_up(decision: Decision, book: _PolicyBook) -> StepUp | None:
+    """The step-up that ``decision`` names: every policy that denied is a step-up forbid."""
+    if decision.allowed or not decision.policy_ids:
+        return None
+    policies = [book.policies.get(policy_id) for policy_id in decision.policy_ids]
+    acr: set[str] = set()
+    ages: list[int] = []
+    for policy in policies:
+        if policy is None or policy.step_up is None:
+            return None
+        acr.update(policy.step_up.split())
+        if policy.max_age is not None:
+            ages.append(policy.max_age)
+    return StepUp(" ".join(sorted(acr)), min(ages) if ages else None, decision.policy_ids)
 
 
 def _decision(
@@ -335,6 +564,44 @@ def _decision(
     return Decision(
         allowed=allowed, action=action, policy_ids=tuple(sorted(deciding)), errors=errors
     )
+
+
+# -- the request ---------------------------------------------------------------
+
+
+def _moment(context: Mapping[str, object] | None) -> datetime:
+    """The decision's time: the caller's ``now`` (a what-if, a test), else the clock."""
+    given = context.get("now") if context else None
+    if given is None:
+        return datetime.now(UTC)
+    if not isinstance(given, datetime):
+        raise PolicyError(
+            f"context.now is a {type(given).__name__}; pass an aware datetime", field="context.now"
+        )
+    if given.tzinfo is None:
+        raise PolicyError(
+            "context.now is a naive datetime; pass an aware one (e.g. datetime.now(UTC))",
+            field="context.now",
+        )
+    return given
+
+
+def _sign_in_context(principal: Principal, moment: datetime) -> dict[str, object]:
+    """How the caller signed in: ``mfa``, ``amr``, ``dpop``, ``acr`` and ``auth_age``."""
+    values: dict[str, object] = {
+        "mfa": principal.auth_strength in _MULTI_FACTOR,
+        "amr": sorted(principal.amr),
+        # Set only once this request's DPoP proof has been verified.
+        "dpop": principal.dpop_jkt is not None,
+    }
+    if principal.acr is not None:
+        values["acr"] = principal.acr
+    if principal.auth_time is not None:
+        auth_time = principal.auth_time
+        if auth_time.tzinfo is None:
+            auth_time = auth_time.replace(tzinfo=UTC)
+        values["auth_age"] = max(0, int((moment - auth_time).total_seconds()))
+    return values
 
 
 def _resource_entity(
@@ -373,8 +640,16 @@ def _resource_entity(
                 f"but that principal belongs to {principal.tenant_id}"
             )
         return None, None
+    reserved = sorted(_ENGINE_ATTRIBUTES.intersection(resource.attributes))
+    if reserved:
+        return None, (
+            f"{kind} resource {resource.id} sets attribute {reserved[0]!r}, which the engine "
+            "derives from the resource's own fields"
+        )
 
-    attrs: dict[str, object] = {}
+    attrs: dict[str, object] = {
+        key: _cedar_value(value, f"resource.{key}") for key, value in resource.attributes.items()
+    }
     if tenant_id is not None:
         attrs["tenant"] = tenant_id
     if kind == "job" and resource.project_id is not None:
@@ -402,6 +677,11 @@ def _caller_context(context: Mapping[str, object]) -> dict[str, object]:
     return {key: _cedar_value(value, f"context.{key}") for key, value in context.items()}
 
 
+def _cedar_datetime(value: datetime) -> dict[str, object]:
+    stamp = value.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00")
+    return {"__extn": {"fn": "datetime", "arg": stamp + "Z"}}
+
+
 def _cedar_value(value: object, path: str) -> object:
     """A Python value as Cedar JSON (strings, Longs, Booleans, sets, records, datetimes)."""
     if isinstance(value, Enum):
@@ -418,9 +698,7 @@ def _cedar_value(value: object, path: str) -> object:
                 f"{path} is a naive datetime; pass an aware one (e.g. datetime.now(UTC))",
                 field=path,
             )
-        utc = value.astimezone(UTC)
-        stamp = f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
-        return {"__extn": {"fn": "datetime", "arg": stamp}}
+        return _cedar_datetime(value)
     if isinstance(value, Mapping):
         record: dict[str, object] = {}
         for key, item in value.items():
@@ -447,66 +725,168 @@ def _sources(policies: str | Mapping[str, str], name: str) -> dict[str, str]:
     return {name: policies} if isinstance(policies, str) else dict(policies)
 
 
-def _load(sources: Mapping[str, str], taken: Mapping[str, _Policy]) -> dict[str, _Policy]:
+def _load(
+    sources: Mapping[str, str], taken: Mapping[str, _Policy], *, tenant: bool
+) -> dict[str, _Policy]:
     """Parse and check every source; key its policies by their ``@id``.
 
     ``taken`` are policies already loaded, whose ids the new ones may not reuse.
+    A ``tenant`` set may hold forbids only.
     """
     policies: dict[str, _Policy] = {}
     for name, text in sources.items():
         _parse(text, name)
         lines = [line for line, _ in _statements(text)]
         for position, (_, body) in enumerate(_static_policies(text, name)):
-            line = lines[position] if position < len(lines) else "?"
+            line = lines[position] if position < len(lines) else 0
             where = f"{name}, policy at line {line}"
-            policy_id = _annotation_id(body)
-            if policy_id is None:
-                raise PolicyError(
+            policy_id = _annotation(body, "id")
+            if policy_id is None or not policy_id.strip():
+                raise _refused(
                     f'{where} has no @id("...") annotation; every policy needs a unique @id '
-                    "(letters, digits and . _ : / -), the name decisions and the audit log report"
+                    "(letters, digits and . _ : / -), the name decisions and the audit log report",
+                    line=line,
                 )
             if not _POLICY_ID.fullmatch(policy_id):
-                raise PolicyError(
-                    f'{where} has @id("{policy_id}"); use letters, digits and . _ : / - only'
+                raise _refused(
+                    f'{where} has @id("{policy_id[:130]}"); use letters, digits and . _ : / - '
+                    "only, at most 128 characters",
+                    line=line,
                 )
+            where = f'{name}, policy "{policy_id}" at line {line}'
             other = policies.get(policy_id) or taken.get(policy_id)
             if other is not None:
-                raise PolicyError(
+                raise _refused(
                     f'{where} reuses @id("{policy_id}") of a policy in {other.source}; '
-                    "policy ids must be unique"
+                    "policy ids must be unique",
+                    line=line,
+                    policy_id=policy_id,
                 )
             effect = body.get("effect")
             if effect not in ("permit", "forbid"):
-                raise PolicyError(f"{where} has an unknown effect {effect!r}")
+                raise _refused(f"{where} has an unknown effect {effect!r}", line=line)
+            if tenant and effect == "permit":
+                raise _refused(
+                    f"{where} is a permit; a tenant's policies may only forbid (narrow what "
+                    "the platform's policies allow). Write it as a forbid, e.g. "
+                    "`forbid (...) unless { <when it is allowed> };`",
+                    line=line,
+                    policy_id=policy_id,
+                )
+            step_up, max_age = _step_up_annotations(body, where, line, policy_id)
             policies[policy_id] = _Policy(
                 id=policy_id,
                 source=name,
+                line=line,
                 effect="permit" if effect == "permit" else "forbid",
                 body=body,
                 actions=_scope_actions(body.get("action")),
                 resource_types=_scope_types(body.get("resource")),
+                step_up=step_up,
+                max_age=max_age,
             )
     return policies
+
+
+def _step_up_annotations(
+    body: Mapping[str, object], where: str, line: int, policy_id: str
+) -> tuple[str | None, int | None]:
+    """``@step_up("<acr values>")`` and ``@max_age("<seconds>")``, checked.
+
+    A step-up policy is a forbid; its ``@max_age`` must be the ``N`` its own
+    conditions test with ``context.auth_age <= N``, so that what the 401 tells
+    the caller to get is what the policy then accepts.
+    """
+    step_up = _annotation(body, "step_up")
+    max_age_text = _annotation(body, "max_age")
+    if step_up is not None:
+        if body.get("effect") != "forbid":
+            raise _refused(
+                f"{where} has @step_up, which belongs on a forbid (the refusal a stronger "
+                "sign-in lifts)",
+                line=line,
+                policy_id=policy_id,
+            )
+        if not _ACR_VALUES.fullmatch(step_up):
+            raise _refused(
+                f'{where} has @step_up("{step_up[:64]}"); give ACR values separated by single '
+                'spaces, printable ASCII without quotes or backslashes (e.g. @step_up("mfa"))',
+                line=line,
+                policy_id=policy_id,
+            )
+    if max_age_text is None:
+        return step_up, None
+    if step_up is None:
+        raise _refused(
+            f'{where} has @max_age without @step_up; add @step_up("<acr values>")',
+            line=line,
+            policy_id=policy_id,
+        )
+    if not max_age_text.isdigit() or not 0 <= int(max_age_text) <= MAX_STEP_UP_AGE:
+        raise _refused(
+            f'{where} has @max_age("{max_age_text[:20]}"); give whole seconds from 0 to '
+            f"{MAX_STEP_UP_AGE}",
+            line=line,
+            policy_id=policy_id,
+        )
+    max_age = int(max_age_text)
+    if max_age not in _auth_age_limits(body):
+        raise _refused(
+            f'{where} has @max_age("{max_age}") but its conditions do not test '
+            f"`context.auth_age <= {max_age}`; make the two agree",
+            line=line,
+            policy_id=policy_id,
+        )
+    return step_up, max_age
+
+
+def _auth_age_limits(node: object) -> set[int]:
+    """Every ``N`` of a ``context.auth_age <= N`` in a policy's JSON form."""
+    found: set[int] = set()
+    if isinstance(node, Mapping):
+        compared = node.get("<=")
+        if isinstance(compared, Mapping):
+            left, right = compared.get("left"), compared.get("right")
+            if left == {".": {"left": {"Var": "context"}, "attr": "auth_age"}} and isinstance(
+                right, Mapping
+            ):
+                value = right.get("Value")
+                if isinstance(value, int) and not isinstance(value, bool):
+                    found.add(value)
+        for child in node.values():
+            found |= _auth_age_limits(child)
+    elif isinstance(node, list):
+        for child in node:
+            found |= _auth_age_limits(child)
+    return found
+
+
+def _refused(detail: str, *, line: int, policy_id: str | None = None) -> PolicyError:
+    extra: dict[str, str | int | list[str] | None] = {"line": line}
+    if policy_id is not None:
+        extra["policy_id"] = policy_id
+    return PolicyError(detail, extra=extra)
 
 
 def _parse(text: str, name: str) -> None:
     try:
         cedarpy.PolicySet.from_str(text)
     except ValueError as exc:
-        raise PolicyError(_parse_failure(text, name, exc)) from exc
+        raise _parse_failure(text, name, exc) from exc
 
 
-def _parse_failure(text: str, name: str, exc: ValueError) -> str:
+def _parse_failure(text: str, name: str, exc: ValueError) -> PolicyError:
     """Name the statement that does not parse: Cedar's own message has no position."""
     for line, statement in _statements(text):
         try:
             cedarpy.PolicySet.from_str(statement)
         except ValueError as statement_exc:
-            return (
+            return _refused(
                 f"{name}, policy at line {line} does not parse: {statement_exc}; fix the Cedar "
-                "syntax (https://docs.cedarpolicy.com/policies/syntax-policy.html)"
+                "syntax (https://docs.cedarpolicy.com/policies/syntax-policy.html)",
+                line=line,
             )
-    return f"{name} does not parse: {exc}"
+    return PolicyError(f"{name} does not parse: {exc}")
 
 
 def _statements(text: str) -> Iterator[tuple[int, str]]:
@@ -562,10 +942,10 @@ def _static_policies(text: str, name: str) -> list[tuple[str, dict[str, object]]
     return sorted(static.items(), key=lambda item: int(item[0].removeprefix("policy")))
 
 
-def _annotation_id(body: Mapping[str, object]) -> str | None:
+def _annotation(body: Mapping[str, object], key: str) -> str | None:
     annotations = body.get("annotations")
-    policy_id = annotations.get("id") if isinstance(annotations, dict) else None
-    return policy_id if isinstance(policy_id, str) and policy_id.strip() else None
+    value = annotations.get(key) if isinstance(annotations, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _scope_actions(scope: object) -> frozenset[str] | None:
@@ -612,17 +992,48 @@ def _parse_schema(text: str) -> cedarpy.Schema:
         raise PolicyError(f"the Cedar schema does not parse: {exc}") from exc
 
 
+#: Cedar's validation messages name the policy by its position and repeat per
+#: action; these strip both, so each problem is told once, under the @id.
+_VALIDATION_POLICY = re.compile(r"^for policy `[^`]*`, ")
+_VALIDATION_ACTION = re.compile(r' for Qustody::Action::"[^"]*"')
+
+
 def _validate(text: str, name: str, schema: cedarpy.Schema) -> None:
     result = cedarpy.validate_policies(text, schema)
     if result.validation_passed:
         return
-    ids = {cedar_id: _annotation_id(body) for cedar_id, body in _static_policies(text, name)}
-    problems = [
-        f"{ids.get(error.policy_id) or error.policy_id or name}: {error.error}"
-        for error in result.errors
-    ]
-    raise PolicyError(
+    lines = [line for line, _ in _statements(text)]
+    where: dict[str, tuple[str | None, int]] = {}
+    for position, (cedar_id, body) in enumerate(_static_policies(text, name)):
+        where[cedar_id] = (_annotation(body, "id"), lines[position] if position < len(lines) else 0)
+    problems: dict[str, tuple[str | None, int]] = {}
+    for error in result.errors:
+        policy_id, line = where.get(error.policy_id, (None, 0))
+        message = _VALIDATION_ACTION.sub("", _VALIDATION_POLICY.sub("", error.error))
+        label = f'policy "{policy_id or error.policy_id}" at line {line}: {message}'
+        problems.setdefault(label, (policy_id, line))
+    # Cedar reports in no fixed order: by line, then text, so a refusal reads the same twice.
+    labels = sorted(problems, key=lambda label: (problems[label][1], label))
+    first_id, first_line = problems[labels[0]]
+    raise _refused(
         f"{name} does not validate against the policy schema: "
-        + "; ".join(problems)
-        + ". Fix the policy, or extend the schema if it uses a new attribute"
+        + "; ".join(labels[:5])
+        + (f" (and {len(labels) - 5} more)" if len(labels) > 5 else "")
+        + f". {_validation_hint(labels)}",
+        line=first_line,
+        policy_id=first_id,
     )
+
+
+def _validation_hint(messages: list[str]) -> str:
+    if any("not found" in message for message in messages):
+        return (
+            "That attribute is not in the schema: see docs/policies.md for the entities "
+            "and context keys policies can use"
+        )
+    if any("optional attribute" in message for message in messages):
+        return (
+            "Test an optional attribute before using it (`context has qubits && "
+            "context.qubits > 30`)"
+        )
+    return "Fix the policy, or extend the schema if it uses a new attribute"

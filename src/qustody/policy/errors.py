@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qustody.domain.errors import QustodyError
+from qustody.domain.errors import InvalidRequest, QustodyError
 
 
 class PolicyError(QustodyError):
@@ -18,3 +18,18 @@ class PolicyError(QustodyError):
     code = "policy_error"
     status = 500
     title = "Policy error"
+
+
+class InvalidPolicy(InvalidRequest):
+    """A tenant's policy text that Qustody refuses to store (``422``).
+
+    ``detail`` names the policy (its ``@id``) and its line; ``extra`` carries
+    ``policy_id`` and ``line`` where known.
+    """
+
+    code = "invalid_policy"
+    title = "Invalid policy"
+
+    @classmethod
+    def of(cls, error: PolicyError) -> InvalidPolicy:
+        return cls(error.detail, field="text", extra=error.extra)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from qustody.domain.ids import TenantId
 from qustody.domain.models import Decision, Principal, Resource
 from qustody.domain.vocabulary import Action
+
+if TYPE_CHECKING:
+    from qustody.policy.engine import StepUp
 
 
 class PolicyEngine(Protocol):
@@ -29,8 +33,22 @@ class PolicyEngine(Protocol):
     ) -> Decision:
         """Decide ``action`` by ``principal`` on ``resource``.
 
-        ``context`` adds request facts (environment, region, backend, time) to
-        those the engine derives itself from the principal and the resource.
-        The returned :class:`Decision` names the policies that decided it.
+        ``context`` adds request facts (a submission's backend, qubits and
+        shots; the client's SDK version) to those the engine derives itself
+        from the principal and the resource. The returned :class:`Decision`
+        names the policies that decided it.
         """
+        ...
+
+    def step_up(self, tenant_id: TenantId, decision: Decision) -> StepUp | None:
+        """The sign-in that would lift ``decision``, a denial for a principal of
+        ``tenant_id``: only when step-up policies alone denied it."""
+        ...
+
+
+class TenantPolicySource(Protocol):
+    """Keeps a process's copy of tenants' own policies current."""
+
+    def refresh(self, tenant_id: TenantId) -> None:
+        """Load ``tenant_id``'s newest policies if they changed (cheap when not due)."""
         ...
