@@ -1,0 +1,83 @@
+"""DPoP at the API edge, on SQLite and PostgreSQL: a tenant that requires DPoP
+by policy refuses bearer tokens and API keys and accepts a DPoP-bound token
+presented with a proof; the proof is spent once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qustody.client import Client
+from qustody.client.dpop import DpopKey
+from qustody.client.errors import QustodyAPIError
+from support import Tenancy
+from workload_support import LiveGateway, auth, live_gateway
+
+DPOP_ONLY = '@id("dpop-only")\nforbid (principal, action, resource) unless { context.dpop };'
+
+
+@pytest.fixture
+def live(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveGateway, Tenancy]]:
+    with live_gateway(tmp_path, database_url) as served:
+        yield served
+
+
+def bound_token(gateway: LiveGateway, tenancy: Tenancy, key: DpopKey) -> str:
+    """A token of acme-dev bound to ``key`` (as a DPoP token request would issue it)."""
+    developer = tenancy.developer
+    with gateway.services.db.write() as session:
+        issued = gateway.services.tokens.issue(
+            session,
+            principal_id=developer.id,
+            tenant_id=developer.tenant_id,
+            jkt=key.thumbprint,
+        )
+    token: str = issued.token
+    return token
+
+
+def test_a_tenant_that_requires_dpop_accepts_only_proven_tokens(
+    live: tuple[LiveGateway, Tenancy],
+) -> None:
+    gateway, tenancy = live
+    key = DpopKey.generate("Ed25519")
+    with gateway.http() as http:
+        admin = auth(tenancy.token_for("acme-admin"))
+        api_key = http.post(
+            "/v1/api-keys",
+            json={"principal": "acme-dev", "name": "k", "expires_in_days": 1},
+            headers=admin,
+        ).json()["key"]
+        put = http.put("/v1/policies", json={"text": DPOP_ONLY}, headers=admin)
+        assert put.status_code == 200, put.text
+
+        for credential in (tenancy.token_for("acme-dev"), api_key):
+            refused = http.get("/v1/projects", headers=auth(credential))
+            assert refused.status_code == 403, refused.text
+            assert "dpop-only" in refused.text
+        # Another tenant is not bound by acme's policy.
+        outsider = auth(tenancy.token_for("globex-dev", "globex"))
+        assert http.get("/v1/projects", headers=outsider).status_code == 200
+
+    token = bound_token(gateway, tenancy, key)
+    with Client(gateway.url, token, dpop_key=key) as client:
+        assert [p.name for p in client.projects()] == ["research"]
+    with Client(gateway.url, token) as plain, pytest.raises(QustodyAPIError) as caught:
+        plain.projects()
+    assert (caught.value.status, caught.value.code) == (401, "dpop_required")
+    # A proof made for one request is not good for a second.
+    proof = key.proof("GET", f"{gateway.url}/v1/projects", access_token=token)
+    with gateway.http() as http:
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        assert http.get("/v1/projects", headers=headers).status_code == 200
+        again = http.get("/v1/projects", headers=headers)
+        assert (again.status_code, again.json()["code"]) == (401, "dpop_proof_replayed")
+        # Two proof headers are one too many.
+        fresh = key.proof("GET", f"{gateway.url}/v1/projects", access_token=token)
+        doubled = http.get(
+            "/v1/projects",
+            headers=[("Authorization", f"DPoP {token}"), ("DPoP", fresh), ("DPoP", fresh)],
+        )
+        assert doubled.json()["code"] == "invalid_dpop_proof"
