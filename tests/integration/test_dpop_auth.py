@@ -12,8 +12,9 @@ import pytest
 from qustody.client import Client
 from qustody.client.dpop import DpopKey
 from qustody.client.errors import QustodyAPIError
+from qustody.client.identity import exchange_token
 from support import Tenancy
-from workload_support import LiveGateway, auth, live_gateway
+from workload_support import CI_AUDIENCE, CiIssuer, LiveGateway, auth, live_gateway
 
 DPOP_ONLY = '@id("dpop-only")\nforbid (principal, action, resource) unless { context.dpop };'
 
@@ -81,3 +82,53 @@ def test_a_tenant_that_requires_dpop_accepts_only_proven_tokens(
             headers=[("Authorization", f"DPoP {token}"), ("DPoP", fresh), ("DPoP", fresh)],
         )
         assert doubled.json()["code"] == "invalid_dpop_proof"
+
+
+def test_a_tenant_can_require_dpop_for_workload_exchanges(
+    live: tuple[LiveGateway, Tenancy],
+) -> None:
+    gateway, tenancy = live
+    ci = CiIssuer()
+    try:
+        with gateway.http() as http:
+            admin = auth(tenancy.token_for("acme-admin"))
+            assert http.post(
+                "/v1/members",
+                json={
+                    "principal": "ci",
+                    "role": "developer",
+                    "project": "research",
+                    "kind": "workload",
+                },
+                headers=admin,
+            ).is_success
+            rule = http.post(
+                "/v1/trust-rules",
+                json={
+                    "name": "gha",
+                    "issuer": ci.url,
+                    "audience": CI_AUDIENCE,
+                    "conditions": {"repository": "acme/app"},
+                    "principal": "ci",
+                },
+                headers=admin,
+            )
+            assert rule.status_code == 201, rule.text
+            assert exchange_token(gateway.url, ci.token()).token_type == "Bearer"
+            policy = (
+                '@id("exchange-with-dpop")\n'
+                'forbid (principal, action == Qustody::Action::"token:exchange", resource)\n'
+                "unless { context.dpop };"
+            )
+            assert http.put("/v1/policies", json={"text": policy}, headers=admin).is_success
+        with pytest.raises(QustodyAPIError) as caught:
+            exchange_token(gateway.url, ci.token())
+        assert caught.value.code == "invalid_grant"
+        assert "exchange-with-dpop" in caught.value.detail
+        key = DpopKey.generate()
+        issued = exchange_token(gateway.url, ci.token(), dpop_key=key)
+        assert issued.token_type == "DPoP"
+        with Client(gateway.url, issued.access_token, dpop_key=key) as client:
+            assert [p.name for p in client.projects()] == ["research"]
+    finally:
+        ci.close()

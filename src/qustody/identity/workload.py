@@ -573,7 +573,8 @@ class WorkloadIdentity:
                     Resource("principal", workload.id, workload.tenant_id, owner_id=workload.id),
                     request,
                 )
-            except Forbidden as error:
+            except (Forbidden, AuthenticationError) as error:
+                # A denial (recorded by the guard), or a step-up no workload can give.
                 raise InvalidGrant(f"policy refuses the exchange: {error.detail}") from None
             with self._db.write(scope=tenant(rule.tenant_id)) as session:
                 issued = self._tokens.issue(
