@@ -32,6 +32,7 @@ from qustody.domain.vocabulary import Action, DataClass, Role
 from qustody.identity.errors import AlreadyInitialized, NameTaken
 from qustody.identity.tokens import IssuedToken, SignIn, TokenService
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database
 
@@ -254,6 +255,7 @@ class AdminService:
                 query = query.where(m.Project.id.in_(visible))
             return session.scalars(query.order_by(m.Project.name)).all()
 
+    @records_misses(Action.PROJECT_READ)
     def get_project(self, caller: Principal, request: RequestContext, ref: str) -> m.Project:
         with self._db.read() as session:
             project = self.find_project(session, caller.tenant_id, ref)
@@ -262,6 +264,7 @@ class AdminService:
 
     # -- members ----------------------------------------------------------------
 
+    @records_misses(Action.MEMBER_ADD)
     def add_member(
         self,
         caller: Principal,
@@ -326,6 +329,7 @@ class AdminService:
                 )
             return Member(principal.id, principal.name, principal.kind, role.value, project_id)
 
+    @records_misses(Action.MEMBER_LIST)
     def list_members(
         self, caller: Principal, request: RequestContext, project_ref: str | None
     ) -> list[Member]:
@@ -344,6 +348,7 @@ class AdminService:
 
     # -- tokens -----------------------------------------------------------------
 
+    @records_misses(Action.TOKEN_ISSUE)
     def issue_token(
         self,
         caller: Principal,
@@ -412,6 +417,7 @@ class AdminService:
             )
             return token
 
+    @records_misses(Action.TOKEN_REVOKE)
     def revoke_token(self, caller: Principal, request: RequestContext, jti: str) -> None:
         with self._db.read() as session:
             row = session.get(m.IssuedToken, jti[:64])

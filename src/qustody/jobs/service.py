@@ -52,6 +52,7 @@ from qustody.jobs.views import JobPage, JobView, ResultView, TransitionView
 from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.facts import backend_attributes, job_attributes, submission_context
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -239,6 +240,7 @@ class JobService:
 
     # -- submit -----------------------------------------------------------------
 
+    @records_misses(Action.JOB_SUBMIT)
     def submit(self, caller: Principal, request: RequestContext, spec: SubmitRequest) -> JobView:
         backend = self._registry.get(spec.backend)
         resource = self._admin.project_scope(caller.tenant_id, spec.project)
@@ -383,6 +385,7 @@ class JobService:
             raise not_found("job", job_id)
         return job
 
+    @records_misses(Action.JOB_READ)
     def get(
         self, caller: Principal, request: RequestContext, job_id: str, *, wait: float = 0.0
     ) -> JobView:
@@ -417,6 +420,7 @@ class JobService:
             # case a signal from another process was lost.
             self._notifier.wait_finished(generation, min(remaining, 1.0))
 
+    @records_misses(Action.JOB_LIST)
     def list_jobs(
         self,
         caller: Principal,
@@ -526,6 +530,7 @@ class JobService:
 
     # -- cancel -------------------------------------------------------------------
 
+    @records_misses(Action.JOB_CANCEL)
     def cancel(self, caller: Principal, request: RequestContext, job_id: str) -> JobView:
         with self._db.read() as session:
             job = self._load(session, caller, job_id)
@@ -570,6 +575,7 @@ class JobService:
 
     # -- result -------------------------------------------------------------------
 
+    @records_misses(Action.RESULT_READ)
     def result(self, caller: Principal, request: RequestContext, job_id: str) -> ResultView:
         with self._db.read() as session:
             job = self._load(session, caller, job_id)

@@ -31,6 +31,7 @@ from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.keys.service import KeyScope, KeyService, Purpose, RingStatus
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -89,6 +90,7 @@ class TenantKeys:
         self._guard.check(caller, Action.KEY_LIST, _tenant(caller), request)
         return self._keys.rings(caller.tenant_id)
 
+    @records_misses(Action.KEY_ROTATE)
     def rotate(
         self, caller: Principal, request: RequestContext, project_id: str | None
     ) -> list[str]:
@@ -170,6 +172,7 @@ class TenantKeys:
             ).all()
         return [SecretInfo(r.name, r.created_at, r.updated_at, r.updated_by) for r in rows]
 
+    @records_misses(Action.SECRET_DELETE)
     def delete_secret(self, caller: Principal, request: RequestContext, name: str) -> None:
         check_secret_name(name)
         decision = self._guard.check(caller, Action.SECRET_DELETE, _tenant(caller), request)

@@ -24,6 +24,7 @@ from qustody.domain.errors import InvalidRequest
 from qustody.domain.models import Decision, Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage.db import Database
 from qustody.storage.models import AUDIT_EVENTS
 
@@ -100,6 +101,7 @@ class AuditReader:
         more = len(found) == query.limit
         return EventPage(checkpoint, events, found[-1].seq if more else None)
 
+    @records_misses(Action.AUDIT_READ)
     def event(
         self, caller: Principal, request: RequestContext, seq: int, size: int | None
     ) -> tuple[Record, StoredCheckpoint]:
