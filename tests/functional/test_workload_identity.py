@@ -206,6 +206,8 @@ def test_a_token_lands_only_in_a_tenant_whose_rule_it_meets(
     body = refused(exchange(http, ci.token()), "invalid_target")
     assert "acme" in body["error_description"]
     assert "globex" in body["error_description"]
+    # The gateway's own audience names no tenant.
+    refused(exchange(http, ci.token(), audience="qustody-api"), "invalid_target")
     into_acme = exchange(http, ci.token(), audience="acme")
     assert into_acme.status_code == 200
     assert claims_of(into_acme.json()["access_token"])["tid"] == gateway.tenancy.developer.tenant_id

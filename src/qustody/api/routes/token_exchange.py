@@ -232,6 +232,8 @@ def token(request: Request, form: Annotated[Form, Depends(read_form)]) -> TokenR
             field="audience",
         )
     audience = _one(form, "audience")
+    if audience == services.settings.audience:
+        audience = None  # the gateway itself (every token's audience): no tenant named
     _check_resource(_one(form, "resource"), services)
     scope = _one(form, "scope")
     jkt = _binding(request, services)
