@@ -132,13 +132,16 @@ class LiveGateway:
 
 
 @contextmanager
-def live_gateway(tmp_path: Path, database_url: str) -> Iterator[tuple[LiveGateway, Tenancy]]:
-    """Seed a runtime on ``database_url`` and serve it over HTTP on loopback.
+def live_gateway(
+    tmp_path: Path, database_url: str, **overrides: object
+) -> Iterator[tuple[LiveGateway, Tenancy]]:
+    """Seed a runtime on ``database_url`` (settings ``overrides``) and serve it
+    over HTTP on loopback.
 
     ``public_url`` is the address served, as DPoP's ``htu`` needs."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = make_settings(tmp_path, database_url, public_url=url)
+    settings = make_settings(tmp_path, database_url, public_url=url, **overrides)
     runtime = build_runtime(settings)
     tenancy = seed(runtime)
     app = create_app(settings, runtime=runtime)

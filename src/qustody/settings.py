@@ -78,6 +78,9 @@ class Settings:
     jwks_min_refresh_seconds: float = 30.0
     #: The longest lifetime an API key may be given, in days (at most 90).
     api_key_max_days: int = 90
+    #: DPoP proofs must carry a server nonce (RFC 9449 section 8), so none can
+    #: be made in advance; clients retry once with the nonce they are given.
+    dpop_nonces: bool = False
     #: MFA step-up (RFC 9470) for privileged actions by people: on by default
     #: in production (where it cannot be turned off), off by default in
     #: development, with a warning (QUSTODY_STEP_UP=true turns it on).

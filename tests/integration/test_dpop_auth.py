@@ -132,3 +132,79 @@ def test_a_tenant_can_require_dpop_for_workload_exchanges(
             assert [p.name for p in client.projects()] == ["research"]
     finally:
         ci.close()
+
+
+def test_with_server_nonces_the_sdk_retries_once_with_the_nonce(
+    tmp_path: Path, database_url: str
+) -> None:
+    with live_gateway(tmp_path, database_url, dpop_nonces=True) as (gateway, tenancy):
+        key = DpopKey.generate()
+        token = bound_token(gateway, tenancy, key)
+        url = f"{gateway.url}/v1/projects"
+        with gateway.http() as http:
+            asked = http.get(
+                "/v1/projects",
+                headers={
+                    "Authorization": f"DPoP {token}",
+                    "DPoP": key.proof("GET", url, access_token=token),
+                },
+            )
+            assert (asked.status_code, asked.json()["code"]) == (401, "use_dpop_nonce")
+            assert asked.headers["www-authenticate"].startswith('DPoP error="use_dpop_nonce"')
+            nonce = asked.headers["dpop-nonce"]
+            given = http.get(
+                "/v1/projects",
+                headers={
+                    "Authorization": f"DPoP {token}",
+                    "DPoP": key.proof("GET", url, access_token=token, nonce=nonce),
+                },
+            )
+            assert given.status_code == 200
+        # The SDK takes the nonce from the refusal and retries, once.
+        with Client(gateway.url, token, dpop_key=key) as client:
+            assert [p.name for p in client.projects()] == ["research"]
+            assert [p.name for p in client.projects()] == ["research"]
+
+        # The token endpoint asks the same way (400, as OAuth errors are).
+        ci = CiIssuer()
+        try:
+            with gateway.http() as http:
+                admin = auth(tenancy.token_for("acme-admin"))
+                assert http.post(
+                    "/v1/members",
+                    json={
+                        "principal": "ci",
+                        "role": "viewer",
+                        "project": "research",
+                        "kind": "workload",
+                    },
+                    headers=admin,
+                ).is_success
+                assert http.post(
+                    "/v1/trust-rules",
+                    json={
+                        "name": "gha",
+                        "issuer": ci.url,
+                        "audience": CI_AUDIENCE,
+                        "conditions": {"repository": "acme/app"},
+                        "principal": "ci",
+                    },
+                    headers=admin,
+                ).is_success
+                form = {
+                    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                    "subject_token": ci.token(),
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                }
+                refused = http.post(
+                    "/v1/auth/token",
+                    data=form,
+                    headers={"DPoP": key.proof("POST", f"{gateway.url}/v1/auth/token")},
+                )
+                assert refused.status_code == 400
+                assert refused.json()["error"] == "use_dpop_nonce"
+                assert refused.headers["dpop-nonce"]
+            issued = exchange_token(gateway.url, ci.token(), dpop_key=key)
+            assert issued.token_type == "DPoP"
+        finally:
+            ci.close()

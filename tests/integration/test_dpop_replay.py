@@ -3,6 +3,7 @@ concurrent requests, on real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -13,8 +14,8 @@ from joserfc.jwk import ECKey
 from sqlalchemy import func, select
 
 from qustody.domain.errors import QustodyError
-from qustody.identity.dpop import DpopVerifier
-from qustody.identity.errors import ReplayedDpopProof
+from qustody.identity.dpop import DpopVerifier, NonceSource
+from qustody.identity.errors import ReplayedDpopProof, UseDpopNonce
 from qustody.storage.db import Database
 from qustody.storage.models import DPOP_PROOFS
 
@@ -97,3 +98,36 @@ def test_expired_proofs_are_cleared(db: Database) -> None:
     assert latest is not None
     expected = datetime.fromtimestamp(int(clock[0]) + verifier.max_age_seconds, UTC)
     assert latest.replace(tzinfo=UTC) == expected
+
+
+def test_server_nonces_are_required_when_configured(db: Database) -> None:
+    """RFC 9449 section 8: a proof without the current nonce is refused with a
+    fresh one; nonces of this window and the last are accepted, older ones not."""
+    clock = [1_800_000_000.0]
+    nonces = NonceSource(b"k" * 32, window_seconds=300, clock=lambda: clock[0])
+    verifier = DpopVerifier(db, nonces=nonces, clock=lambda: clock[0])
+    key = ECKey.generate_key("P-256")
+
+    def with_nonce(jti: str, nonce: str | None) -> str:
+        header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": key.as_dict(private=False)}
+        claims: dict[str, object] = {"jti": jti, "htm": "GET", "htu": URL, "iat": int(clock[0])}
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return jws.serialize_compact(header, json.dumps(claims).encode(), key, algorithms=["ES256"])
+
+    with pytest.raises(UseDpopNonce) as asked:
+        spend(verifier, with_nonce("a", None))
+    nonce = asked.value.nonce
+    assert asked.value.response_headers == {"DPoP-Nonce": nonce}
+    assert asked.value.www_authenticate.startswith('DPoP error="use_dpop_nonce"')
+    assert spend(verifier, with_nonce("b", nonce)) == key.thumbprint()
+    clock[0] += 300  # the next window: the last one's nonce still passes
+    assert spend(verifier, with_nonce("c", nonce)) == key.thumbprint()
+    clock[0] += 300  # two windows on: it no longer does
+    with pytest.raises(UseDpopNonce):
+        spend(verifier, with_nonce("d", nonce))
+    other = NonceSource(b"x" * 32, clock=lambda: clock[0])
+    with pytest.raises(UseDpopNonce):
+        spend(verifier, with_nonce("e", other.current()))
+    # The refused proofs were not spent: the same jti passes with a good nonce.
+    assert spend(verifier, with_nonce("a", nonces.current())) == key.thumbprint()

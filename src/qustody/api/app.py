@@ -49,7 +49,7 @@ from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
-from qustody.identity.dpop import DpopVerifier
+from qustody.identity.dpop import DpopVerifier, NonceSource
 from qustody.identity.external_jwt import JwtVerifier
 from qustody.identity.local_accounts import LocalAccounts
 from qustody.identity.oidc import OidcService, load_providers
@@ -196,7 +196,12 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
             else (),
             public_url=settings.public_url,
         ),
-        dpop=DpopVerifier(db),
+        dpop=DpopVerifier(
+            db,
+            nonces=NonceSource(tokens.derived_secret("qustody dpop nonces"))
+            if settings.dpop_nonces
+            else None,
+        ),
         api_keys=ApiKeyService(db, guard, max_days=settings.api_key_max_days),
         workload=WorkloadIdentity(db, guard, tokens, verifier),
         revocation=RevocationService(db, guard),

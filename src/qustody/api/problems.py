@@ -101,7 +101,11 @@ def install(app: FastAPI) -> None:
         challenge = getattr(exc, "www_authenticate", None)
         if not isinstance(challenge, str):
             challenge = 'Bearer realm="qustody"' if exc.status == 401 else None
-        headers = {"WWW-Authenticate": challenge} if challenge else None
+        headers = {"WWW-Authenticate": challenge} if challenge else {}
+        # And headers of its own (DPoP-Nonce with a use_dpop_nonce refusal).
+        more = getattr(exc, "response_headers", None)
+        if isinstance(more, dict):
+            headers.update(more)
         return problem_response(
             request,
             status=exc.status,
@@ -110,7 +114,7 @@ def install(app: FastAPI) -> None:
             detail=exc.detail,
             field=exc.field,
             extra=dict(exc.extra),
-            headers=headers,
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)

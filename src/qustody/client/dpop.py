@@ -116,19 +116,35 @@ class DpopKey:
 
 class DpopAuth(httpx.Auth):
     """httpx authentication: ``Authorization: DPoP <token>`` and a new proof per
-    request (``token`` None: only the proof, as for the token endpoint)."""
+    request (``token`` None: only the proof, as for the token endpoint).
+
+    When the gateway asks for a server nonce (RFC 9449 section 8: a 400 or 401
+    carrying ``DPoP-Nonce``), the request is made once more with a proof
+    carrying it, and later proofs carry the newest nonce the gateway gave.
+    """
 
     def __init__(self, token: str | None, key: DpopKey) -> None:
         self._token = token
         self._key = key
+        self._nonce: str | None = None
 
     def __repr__(self) -> str:
         return f"DpopAuth(key={self._key!r})"
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def _sign(self, request: httpx.Request) -> None:
         request.headers["DPoP"] = self._key.proof(
-            request.method, str(request.url), access_token=self._token
+            request.method, str(request.url), access_token=self._token, nonce=self._nonce
         )
         if self._token is not None:
             request.headers["Authorization"] = f"DPoP {self._token}"
-        yield request
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self._sign(request)
+        response = yield request
+        nonce = response.headers.get("dpop-nonce")
+        if nonce is None or nonce == self._nonce:
+            return
+        self._nonce = nonce
+        if response.status_code in (400, 401):
+            self._sign(request)
+            yield request

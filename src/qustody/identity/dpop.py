@@ -16,6 +16,12 @@ each ``jti`` is accepted once per key (section 11.1), remembered in the
 ``dpop_proofs`` table until the proof would be too old anyway. The primary
 key ``(jkt, jti)`` decides a race: of two requests replaying one proof, in
 one process or many, on SQLite or PostgreSQL, exactly one insert succeeds.
+
+Optionally (section 8), proofs must also carry a nonce the server handed out
+(:class:`NonceSource`): a proof without a current one is refused with
+``use_dpop_nonce`` and a fresh nonce in the ``DPoP-Nonce`` header, so a proof
+cannot be made in advance. Nonces need no storage: each is a time window
+and its MAC under a key every API process derives from the same secret.
 """
 
 from __future__ import annotations
@@ -42,7 +48,12 @@ from joserfc.jws import JWSRegistry
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 
-from qustody.identity.errors import DpopKeyMismatch, InvalidDpopProof, ReplayedDpopProof
+from qustody.identity.errors import (
+    DpopKeyMismatch,
+    InvalidDpopProof,
+    ReplayedDpopProof,
+    UseDpopNonce,
+)
 from qustody.storage.db import Database
 from qustody.storage.models import DPOP_PROOFS
 
@@ -261,9 +272,51 @@ def check_proof(
     return Proof(jkt, jti, int(iat), nonce if isinstance(nonce, str) else None)
 
 
+class NonceSource:
+    """Server nonces (RFC 9449 section 8) without storage.
+
+    A nonce is ``base64url(window || HMAC-SHA256(key, window)[:16])`` where
+    ``window`` is the current ``window_seconds``-long period (8 bytes, big
+    endian); one of this window or the previous is accepted. Processes that
+    share ``secret`` (derived from the token signing key) share nonces.
+    """
+
+    _LABEL = b"qustody dpop nonce v1"
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        window_seconds: int = 300,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if len(secret) < 32:
+            raise ValueError("a nonce secret needs at least 32 bytes")
+        self._key = hmac.new(secret, self._LABEL, hashlib.sha256).digest()
+        self.window_seconds = window_seconds
+        self._clock = clock
+
+    def _nonce(self, window: int) -> str:
+        stamp = window.to_bytes(8, "big")
+        return b64url(stamp + hmac.new(self._key, stamp, hashlib.sha256).digest()[:16])
+
+    def current(self) -> str:
+        return self._nonce(int(self._clock() // self.window_seconds))
+
+    def accepts(self, nonce: str | None) -> bool:
+        if nonce is None or len(nonce) > 64:
+            return False
+        window = int(self._clock() // self.window_seconds)
+        return any(
+            hmac.compare_digest(nonce.encode(), self._nonce(w).encode())
+            for w in (window, window - 1)
+        )
+
+
 class DpopVerifier:
     """Verifies proofs and refuses a replayed one (see the module docstring).
 
+    With ``nonces``, a proof must also carry a current server nonce.
     ``clock`` returns seconds since the epoch; tests pass a fixed one.
     """
 
@@ -271,11 +324,13 @@ class DpopVerifier:
         self,
         db: Database,
         *,
+        nonces: NonceSource | None = None,
         max_age_seconds: int = DEFAULT_MAX_AGE_SECONDS,
         leeway_seconds: int = DEFAULT_LEEWAY_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
+        self.nonces = nonces
         self.max_age_seconds = max_age_seconds
         self.leeway_seconds = leeway_seconds
         self._clock = clock
@@ -304,6 +359,12 @@ class DpopVerifier:
             max_age_seconds=self.max_age_seconds,
             leeway_seconds=self.leeway_seconds,
         )
+        if self.nonces is not None and not self.nonces.accepts(checked.nonce):
+            raise UseDpopNonce(
+                "the DPoP proof needs the server's current nonce; make a new proof with the "
+                "'nonce' claim set to the DPoP-Nonce header of this answer.",
+                nonce=self.nonces.current(),
+            )
         self._spend(checked, now)
         return checked.jkt
 

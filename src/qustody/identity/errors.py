@@ -149,6 +149,23 @@ class DpopKeyMismatch(InvalidDpopProof):
     title = "DPoP key mismatch"
 
 
+class UseDpopNonce(DpopError):
+    """The proof lacks the server's current nonce (RFC 9449 section 8); the
+    answer carries a fresh one in ``DPoP-Nonce``."""
+
+    challenge_error = "use_dpop_nonce"
+    code = "use_dpop_nonce"
+    title = "DPoP nonce required"
+
+    def __init__(self, detail: str, *, nonce: str) -> None:
+        super().__init__(detail)
+        self.nonce = nonce
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        return {"DPoP-Nonce": self.nonce}
+
+
 class DpopRequired(DpopError):
     """A DPoP-bound token presented without a proof (as a plain bearer token)."""
 
@@ -227,6 +244,22 @@ class TemporarilyUnavailable(OAuthError):
     code = "temporarily_unavailable"
     status = 503
     title = "Issuer unavailable"
+
+
+class TokenRequestNonce(OAuthError):
+    """The token request's proof lacks the server's current nonce; the answer
+    carries one in ``DPoP-Nonce`` (RFC 9449 section 8)."""
+
+    code = "use_dpop_nonce"
+    title = "DPoP nonce required"
+
+    def __init__(self, detail: str, *, nonce: str) -> None:
+        super().__init__(detail, field="DPoP")
+        self.nonce = nonce
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        return {"DPoP-Nonce": self.nonce}
 
 
 class TokenRequestDpop(OAuthError):

@@ -21,6 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
@@ -121,6 +124,15 @@ class SigningKey:
     def __repr__(self) -> str:
         return f"SigningKey(kid={self.kid!r})"
 
+    def derived_secret(self, purpose: str) -> bytes:
+        """A 32-byte secret for ``purpose`` (HKDF-SHA256 of the key), the same
+        in every process holding the key, revealing nothing of it."""
+        private = self._key.private_key
+        if not isinstance(private, Ed25519PrivateKey):  # checked at construction
+            raise ConfigurationError("the token signing key must be an Ed25519 private key")
+        kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return kdf.derive(private.private_bytes_raw())
+
     @property
     def jwk(self) -> OKPKey:
         return self._key
@@ -215,6 +227,10 @@ class TokenService:
         self._issuer = issuer
         self._audience = audience
         self.max_ttl_seconds = max_ttl_seconds
+
+    def derived_secret(self, purpose: str) -> bytes:
+        """See :meth:`SigningKey.derived_secret` (DPoP nonces use one)."""
+        return self._key.derived_secret(purpose)
 
     def issue(
         self,

@@ -40,9 +40,11 @@ from qustody.identity.errors import (
     TemporarilyUnavailable,
     TokenRequestDpop,
     TokenRequestInvalid,
+    TokenRequestNonce,
     TokenRequestScope,
     UnsupportedGrantType,
     UnsupportedTokenType,
+    UseDpopNonce,
 )
 from qustody.identity.tokens import IssuedToken
 
@@ -132,6 +134,8 @@ def _binding(request: Request, services: Services) -> str | None:
             access_token=None,
             bound_jkt=None,
         )
+    except UseDpopNonce as error:
+        raise TokenRequestNonce(error.detail, nonce=error.nonce) from None
     except InvalidDpopProof as error:
         raise TokenRequestDpop(error.detail, field="DPoP") from None
 
