@@ -184,7 +184,6 @@ TRUST_RULE = {
     "conditions": {"repository": "alpha/qec"},
     "scopes": ["job"],
 }
-UNTIL = {"until_start": True}
 
 PROBES: list[Probe] = [
     # jobs
@@ -397,10 +396,14 @@ PROBES: list[Probe] = [
         )
     ),
     # the audit log
-    Probe("GET", "/v1/audit/events", "query:actor", ("actor_id",), FILTER, **UNTIL),
-    Probe("GET", "/v1/audit/events", "query:resource_id", ("resource_id",), FILTER, **UNTIL),
-    Probe("GET", "/v1/audit/events", "query:job", ("job_id",), FILTER, **UNTIL),
-    Probe("GET", "/v1/audit/events", "query:after", ("audit_position",), POSITION, **UNTIL),
+    Probe("GET", "/v1/audit/events", "query:actor", ("actor_id",), FILTER, until_start=True),
+    Probe(
+        "GET", "/v1/audit/events", "query:resource_id", ("resource_id",), FILTER, until_start=True
+    ),
+    Probe("GET", "/v1/audit/events", "query:job", ("job_id",), FILTER, until_start=True),
+    Probe(
+        "GET", "/v1/audit/events", "query:after", ("audit_position",), POSITION, until_start=True
+    ),
     Probe("GET", "/v1/audit/events/{seq}", "path:seq", ("audit_seq",), REFUSED),
 ]
 

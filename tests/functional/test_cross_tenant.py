@@ -388,7 +388,7 @@ def _tenant_a(
         }
     )
     seqs = sorted(int(e["seq"]) for e in events)
-    inventory = {
+    inventory: dict[str, list[str]] = {
         "tenant_id": [tenant_id],
         "tenant_name": ["acme"],
         "project_id": [research["id"], lab["id"]],
@@ -457,8 +457,8 @@ def _tenant_a_credentials(
         )
         found |= {"apikey_id": [key["id"]], "apikey_name": [A_NAMES[5]]}
     if ("POST", "/v1/trust-rules") in has:
-        body = {"name": A_NAMES[6], "principal": A_NAMES[1], **TRUST_RULE}
-        rule = _ok(http.post("/v1/trust-rules", json=body, headers=admin), 201)
+        rule_body = {"name": A_NAMES[6], "principal": A_NAMES[1], **TRUST_RULE}
+        rule = _ok(http.post("/v1/trust-rules", json=rule_body, headers=admin), 201)
         found |= {"trustrule_id": [rule["id"]], "trustrule_name": [A_NAMES[6]]}
     if ("PUT", "/v1/principals/{principal}/password") in has:
         password = {"password": "alpha-correct-horse-battery"}
