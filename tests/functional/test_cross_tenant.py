@@ -211,7 +211,7 @@ def _run(
     b_tokens = {role: gw.tenancy.token_for(name, "globex") for role, name in ROLES.items()}
     has = {(m, p) for m, p in served}
     inventory, a_ids, a_token = _tenant_a(http, gw, has)
-    _tenant_b(http, b_tokens, has)
+    b_tokens |= _tenant_b(http, b_tokens, has)
     campaign = Campaign(
         backend,
         gw,
@@ -409,6 +409,7 @@ def _tenant_a(
         "trustrule_name": extra.get("trustrule_name", []),
         "exchange_audience": ["acme", *(f"acme/{n}" for n in extra.get("trustrule_name", []))],
         "policy_version": extra.get("policy_version", []),
+        "scim_user_id": extra.get("scim_user_id", []),
         **{
             kind: extra.get(kind, [])
             for kind in ("group_id", "group_name", "external_id", "user_filter", "group_filter")
@@ -491,8 +492,11 @@ def _tenant_a_credentials(
     return found
 
 
-def _tenant_b(http: httpx.Client, tokens: dict[str, str], has: set[tuple[str, str]]) -> None:
-    """B's own job, secret and workload, so B's lists and log have something of B's."""
+def _tenant_b(
+    http: httpx.Client, tokens: dict[str, str], has: set[tuple[str, str]]
+) -> dict[str, str]:
+    """B's own job, secret and workload, so B's lists and log have something of
+    B's; and, where the app has API keys, the workload's key as one more prober."""
     admin = auth(tokens["admin"])
     workload = {"principal": "bravo-ci-bot", "role": "developer", "project": "research"}
     _ok(http.post("/v1/members", json=workload | {"kind": "workload"}, headers=admin), 201)
@@ -501,6 +505,12 @@ def _tenant_b(http: httpx.Client, tokens: dict[str, str], has: set[tuple[str, st
     job = _ok(http.post("/v1/jobs", json=body, headers=dev), 202)
     _finished(http, dev, job["id"])
     _ok(http.put("/v1/secrets/bravo-cred", json={"value": "bravo"}, headers=admin))
+    if ("POST", "/v1/api-keys") not in has:
+        return {}
+    body = {"principal": "bravo-ci-bot", "name": "bravo-ci-key", "expires_in_days": 1}
+    return {
+        "workload (API key)": _ok(http.post("/v1/api-keys", json=body, headers=admin), 201)["key"]
+    }
 
 
 def _a_state(
@@ -516,6 +526,9 @@ def _a_state(
         for path in ("/v1/api-keys", "/v1/trust-rules", "/v1/policies", "/v1/policies/versions")
         if ("GET", path) in has
     }
+    for kind, path in (("scim_user_id", "/scim/v2/Users/"), ("group_id", "/scim/v2/Groups/")):
+        for found in inventory.get(kind, []):
+            lists[path + found] = _ok(http.get(path + found, headers=admin))
     return lists | {
         "projects": _ok(http.get("/v1/projects", headers=admin)),
         "members": _ok(http.get("/v1/members", headers=admin)),
