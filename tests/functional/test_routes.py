@@ -10,7 +10,16 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
-from qustody.api.routes import admin, audit, credentials, health, jobs, login, token_exchange
+from qustody.api.routes import (
+    admin,
+    audit,
+    credentials,
+    health,
+    jobs,
+    login,
+    policies,
+    token_exchange,
+)
 from qustody.api.routes.common import ACTION_KEY
 from qustody.domain.vocabulary import Action
 from qustody.storage import models as m
@@ -18,7 +27,7 @@ from support import Gateway, auth
 
 ROUTES = [
     r
-    for mod in (admin, health, jobs, audit, login, credentials, token_exchange)
+    for mod in (admin, health, jobs, audit, login, policies, credentials, token_exchange)
     for r in mod.router.routes
     if isinstance(r, APIRoute)
 ]
@@ -103,6 +112,7 @@ BODIES = {
     "/v1/projects": {"name": "denied", "data_class": "public"},
     "/v1/members": {"principal": "eve", "role": "viewer", "project": "research"},
     "/v1/tokens": {},
+    "/v1/policies": {"text": ""},
     "/v1/tokens:revoke": {"principal": "acme-dev"},
     "/v1/api-keys": {"principal": "acme-dev", "name": "denied", "expires_in_days": 1},
     "/v1/trust-rules": {
@@ -143,6 +153,7 @@ def test_denials_are_audited_under_the_routes_action(http: httpx.Client, gateway
         concrete = re.sub(r"\{name\}", "aer-statevector", concrete)
         concrete = re.sub(r"\{jti\}", issued["jti"], concrete)
         concrete = re.sub(r"\{seq\}", "1", concrete)
+        concrete = re.sub(r"\{version\}", "1", concrete)
         concrete = re.sub(r"\{key_id\}", "apk_01JZZZZZZZZZZZZZZZZZZZZZZZ", concrete)
         concrete = re.sub(r"\{rule\}", "denied", concrete)
         response = http.request(method, concrete, json=BODIES.get(path), headers=narrow)

@@ -36,6 +36,7 @@ from qustody.domain.vocabulary import Action
 from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.errors import InvalidPolicy, PolicyError
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -207,6 +208,7 @@ class TenantPolicies:
             for r in rows
         ]
 
+    @records_misses(Action.POLICY_READ)
     def version(self, caller: Principal, request: RequestContext, version: int) -> PolicyVersion:
         self._guard.check(caller, Action.POLICY_READ, _tenant(caller), request)
         with self._db.reading() as connection:
