@@ -29,6 +29,7 @@ from qustody.policy.engine import CedarPolicyEngine
 from qustody.policy.errors import InvalidPolicy
 from qustody.policy.tenant_policies import TenantPolicyLoader, sha256_hex
 from qustody.storage import models as m
+from qustody.storage.db import NO_TENANT, scope_bound
 from support import Tenancy, ctx, ghz_qasm2, make_settings, seed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -231,6 +232,19 @@ def test_another_process_notices_a_new_version_within_a_second(people: Tenancy) 
     )
     other.refresh(outsider.tenant_id)
     assert other_engine.authorize(outsider, Action.JOB_CANCEL, theirs, context=prod).allowed
+
+
+def test_a_tenants_policies_load_whatever_scope_the_request_has_bound(people: Tenancy) -> None:
+    services = people.runtime.services
+    services.policies.replace(signed_in(people, "acme-admin"), ctx(), NO_CANCEL)
+    dev = signed_in(people, "acme-dev")
+    engine = CedarPolicyEngine()
+    loader = TenantPolicyLoader(services.db, engine)
+    with scope_bound(NO_TENANT):  # as before a request's caller is known
+        loader.refresh(dev.tenant_id)
+    job = Resource("job", "job_x", dev.tenant_id, project_id=ProjectId(people.project_id))
+    denied = engine.authorize(dev, Action.JOB_CANCEL, job, context={"environment": "prod"})
+    assert denied.policy_ids == ("no-cancel-on-prod",)
 
 
 def test_stored_policies_that_no_longer_load_lock_the_tenant_down(people: Tenancy) -> None:

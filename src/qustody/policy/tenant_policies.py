@@ -38,7 +38,7 @@ from qustody.policy.errors import InvalidPolicy, PolicyError
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import Database
+from qustody.storage.db import Database, tenant
 
 log = logging.getLogger("qustody.policy")
 
@@ -125,7 +125,9 @@ class TenantPolicyLoader:
         if checked is not None and now - checked < self._interval:
             return
         self._checked[tenant_id] = now
-        with self._db.reading() as connection:
+        # The tenant's own scope, whatever the request has bound (a token
+        # exchange decides before any caller is known): its forbids must load.
+        with self._db.reading(scope=tenant(tenant_id)) as connection:
             row = connection.execute(
                 select(
                     m.TENANTS.c.timezone,
