@@ -337,6 +337,30 @@ def test_denials_name_the_rule_and_nothing_of_other_tenants(people: Tenancy) -> 
     assert foreign.value.extra == missing.value.extra == {"resource_type": "job"}
 
 
+def test_a_denial_by_many_long_named_forbids_is_still_recorded(people: Tenancy) -> None:
+    services = people.runtime.services
+    admin = signed_in(people, "acme-admin")
+    names = [f"no-cancels-{n}-" + "x" * 110 for n in range(6)]
+    text = "".join(
+        f'@id("{name}")\nforbid (principal, action == Qustody::Action::"job:cancel", resource);\n'
+        for name in names
+    )
+    services.policies.replace(admin, ctx(), text)
+    dev = signed_in(people, "acme-dev")
+    job = Resource("job", "job_x", dev.tenant_id, project_id=ProjectId(people.project_id))
+    with pytest.raises(Forbidden) as caught:
+        services.jobs._guard.check(dev, Action.JOB_CANCEL, job, ctx())
+    assert caught.value.extra["policy_ids"] == sorted(names)
+    with services.db.read() as session:
+        event = session.scalars(
+            select(m.AuditEvent).where(m.AuditEvent.event_type == Action.JOB_CANCEL.value)
+        ).one()
+    assert event.outcome == "denied"
+    assert event.policy_ids is not None
+    assert event.policy_ids.startswith(sorted(names)[0])
+    assert len(event.policy_ids) == 512
+
+
 # -- job submissions: backend, qubits and data class reach the policies --------------------
 
 

@@ -103,7 +103,8 @@ def event_row(
         "resource_type": target.type if target else None,
         "resource_id": target.id if target else None,
         "decision": None if decision is None else ("allow" if decision.allowed else "deny"),
-        "policy_ids": ",".join(decision.policy_ids) if decision else None,
+        # The column holds 512 characters; a tenant's own forbids may name more.
+        "policy_ids": ",".join(decision.policy_ids)[:512] if decision else None,
         "outcome": outcome,
         "reason": reason[:512] if reason else None,
         "request_id": request.request_id if request else None,
