@@ -17,6 +17,7 @@ from qustody.domain.errors import (
     Conflict,
     Forbidden,
     InsecureDevelopmentWarning,
+    InvalidRequest,
     NotFound,
     StepUpRequired,
 )
@@ -168,6 +169,10 @@ def test_a_refused_policy_is_not_stored(people: Tenancy) -> None:
     unguarded = '@id("big")\nforbid (principal, action, resource) when { context.qubits > 3 };'
     with pytest.raises(InvalidPolicy, match='policy "big" at line 1'):
         policies.replace(admin, ctx(), unguarded)
+    for text, field in (("// a\x00b\n", "text"), ("", "comment")):
+        with pytest.raises(InvalidRequest) as nul:
+            policies.replace(admin, ctx(), text, comment="x\x00" if field == "comment" else None)
+        assert nul.value.field == field
     assert policies.current(admin, ctx()).version == 0
     assert policy_events(people) == []
 

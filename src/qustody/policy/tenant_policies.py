@@ -261,6 +261,12 @@ class TenantPolicies:
             raise InvalidRequest(
                 f"comment is {len(comment)} characters; at most {MAX_COMMENT}.", field="comment"
             )
+        for field, value in (("text", text), ("comment", comment or "")):
+            if "\x00" in value:
+                raise InvalidRequest(
+                    f"{field} contains a NUL character, which cannot be stored; remove it.",
+                    field=field,
+                )
         decision = self._guard.check(caller, Action.POLICY_SET, _tenant(caller), request)
         try:
             ids = self._engine.check_tenant_policies({SOURCE: text})
