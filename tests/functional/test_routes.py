@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import select
 
 from qustody.api.routes import (
+    accounts,
     admin,
     audit,
     credentials,
@@ -27,7 +28,7 @@ from support import Gateway, auth
 
 ROUTES = [
     r
-    for mod in (admin, health, jobs, audit, login, policies, credentials, token_exchange)
+    for mod in (admin, health, jobs, audit, login, policies, credentials, token_exchange, accounts)
     for r in mod.router.routes
     if isinstance(r, APIRoute)
 ]
@@ -44,6 +45,8 @@ PUBLIC = {
     ("GET", "/v1/auth/callback"),
     # Token exchange (RFC 8693): the subject token is the credential.
     ("POST", "/v1/auth/token"),
+    # Local accounts (development only): the password is the credential.
+    ("POST", "/v1/auth/local"),
 }
 
 
@@ -80,6 +83,10 @@ def test_every_private_route_needs_a_token(
         # A sign-in callback without a sign-in to finish.
         assert response.status_code == 401
         assert response.json()["code"] == "invalid_login_state"
+    elif action is None and path == "/v1/auth/local":
+        # No credentials at all: refused before anything else.
+        assert response.status_code == 422
+        assert response.json()["code"] == "missing_field"
     elif action is None and path == "/v1/auth/token":
         # OAuth's form, not JSON: refused before anything else.
         assert response.status_code == 400
@@ -112,7 +119,6 @@ BODIES = {
     "/v1/projects": {"name": "denied", "data_class": "public"},
     "/v1/members": {"principal": "eve", "role": "viewer", "project": "research"},
     "/v1/tokens": {},
-    "/v1/policies": {"text": ""},
     "/v1/tokens:revoke": {"principal": "acme-dev"},
     "/v1/api-keys": {"principal": "acme-dev", "name": "denied", "expires_in_days": 1},
     "/v1/trust-rules": {
@@ -122,6 +128,9 @@ BODIES = {
         "conditions": {"repository": "acme/app"},
         "principal": "acme-dev",
     },
+    "/v1/policies": {"text": ""},
+    "/v1/principals/{principal}/password": {"password": "a long enough password"},
+    "/v1/principals/{principal}/totp/confirm": {"code": "123456"},
 }
 
 
@@ -153,9 +162,10 @@ def test_denials_are_audited_under_the_routes_action(http: httpx.Client, gateway
         concrete = re.sub(r"\{name\}", "aer-statevector", concrete)
         concrete = re.sub(r"\{jti\}", issued["jti"], concrete)
         concrete = re.sub(r"\{seq\}", "1", concrete)
-        concrete = re.sub(r"\{version\}", "1", concrete)
         concrete = re.sub(r"\{key_id\}", "apk_01JZZZZZZZZZZZZZZZZZZZZZZZ", concrete)
         concrete = re.sub(r"\{rule\}", "denied", concrete)
+        concrete = re.sub(r"\{version\}", "1", concrete)
+        concrete = re.sub(r"\{principal\}", "acme-dev", concrete)
         response = http.request(method, concrete, json=BODIES.get(path), headers=narrow)
         assert response.status_code in (403, 404), (method, path, response.text)
         request_id = response.json()["request_id"]

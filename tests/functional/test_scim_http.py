@@ -4,12 +4,19 @@ next request of a token issued before it."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
+from sqlalchemy import select
 
+from qustody.api.routes import scim as scim_routes
+from qustody.api.routes.common import ACTION_KEY
+from qustody.domain.vocabulary import Action
+from qustody.storage import models as m
 from support import Gateway, auth
 
 SCIM_JSON = "application/scim+json"
@@ -205,3 +212,65 @@ def test_deprovisioning_stops_an_earlier_token_on_its_next_request(
     assert scim.delete(f"/Users/{user['id']}").status_code == 204
     _assert_scim_error(scim.get(f"/Users/{user['id']}"), 404, "not_found")
     api.close()
+
+
+# -- the security surface of /scim/v2 ----------------------------------------------------
+
+
+def _scim_routes() -> list[tuple[str, str, Action]]:
+    out = []
+    for route in scim_routes.router.routes:
+        assert isinstance(route, APIRoute)
+        action = (route.openapi_extra or {}).get(ACTION_KEY)
+        assert action, f"{route.path} declares no action"
+        out.extend((method, route.path, Action(action)) for method in sorted(route.methods))
+    return out
+
+
+def _concrete_scim(path: str) -> str:
+    path = path.replace("{name}", "User").replace("{urn}", USER_SCHEMA)
+    return re.sub(r"\{[^}]+\}", "usr_01JZZZZZZZZZZZZZZZZZZZZZZZ", path)
+
+
+def test_every_scim_route_needs_a_token_and_audits_its_denial(gateway: Gateway) -> None:
+    """Each SCIM route names its action; without a token it is a 401, and
+    with a token narrowed to another scope the denial lands in the audit log
+    under the route's own action."""
+    routes = _scim_routes()
+    assert {action.resource for _, _, action in routes} == {"user", "group"}
+    narrow = httpx.post(
+        f"{gateway.url}/v1/tokens",
+        json={"scopes": ["tenant"], "ttl_seconds": 300},
+        headers=auth(gateway.tenant_admin_token),
+        timeout=30,
+    ).json()["token"]
+    # Bodies that pass validation, so the request reaches the policy check.
+    bodies = {
+        "/Users": {"schemas": [USER_SCHEMA], "userName": "nobody"},
+        "/Groups": {"schemas": [GROUP_SCHEMA], "displayName": "nobody"},
+        ".search": {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]},
+        "PATCH": _patch({"op": "replace", "path": "displayName", "value": "x"}),
+    }
+    with httpx.Client(base_url=f"{gateway.url}/scim/v2", timeout=30) as client:
+        for method, path, action in routes:
+            url = _concrete_scim(path)
+            send: Any = None
+            if method == "PATCH":
+                send = bodies["PATCH"]
+            elif path.endswith(".search"):
+                send = bodies[".search"] if path != "/.search" else {}
+            elif method in ("POST", "PUT"):
+                send = bodies.get("/" + path.split("/")[1], {})
+            anonymous = client.request(method, url, json=send)
+            _assert_scim_error(anonymous, 401, "missing_token")
+            denied = client.request(method, url, json=send, headers=auth(narrow))
+            assert denied.status_code == 403, (method, path, denied.text)
+            request_id = denied.headers["x-request-id"]
+            with gateway.tenancy.runtime.services.db.read() as session:
+                events = session.scalars(
+                    select(m.AuditEvent).where(m.AuditEvent.request_id == request_id)
+                ).all()
+            assert [(e.event_type, e.outcome) for e in events] == [(action.value, "denied")], (
+                method,
+                path,
+            )

@@ -14,6 +14,8 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select
 
+from qustody.api.app import Runtime
+from qustody.cli.demo import ensure_demo
 from qustody.domain.errors import Forbidden, InvalidRequest, NotFound
 from qustody.domain.vocabulary import Role
 from qustody.identity.local_accounts import (
@@ -343,3 +345,17 @@ def test_secrets_stay_out_of_audit_logs_and_the_database(
         if wal.exists():
             for marker in markers[:-1]:
                 assert marker.encode() not in wal.read_bytes()
+
+
+def test_the_demo_admin_gets_a_password_shown_once(runtime: Runtime) -> None:
+    lines = ensure_demo(runtime.services)
+    at = next(i for i, line in enumerate(lines) if "password, shown once" in line)
+    password = lines[at + 1].strip()
+    assert len(password) >= 20
+    signed_in = runtime.services.local_accounts.sign_in(
+        ctx(), tenant="demo", username="demo-admin", password=password
+    )
+    assert signed_in.amr == ("pwd",)
+    again = ensure_demo(runtime.services)
+    assert not any(password in line for line in again)
+    assert any("the password shown when the demo was made" in line for line in again)

@@ -7,6 +7,7 @@ API: the platform admin creates tenant ``demo``; its admin creates project
 
 from __future__ import annotations
 
+import secrets
 import warnings
 
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from qustody.api.state import Services
 from qustody.domain.errors import ConfigurationError, InsecureDevelopmentWarning
 from qustody.domain.ids import new_request_id
-from qustody.domain.models import RequestContext
+from qustody.domain.models import Principal, RequestContext
 from qustody.domain.vocabulary import DataClass, Role
 from qustody.identity.admin import PLATFORM_TENANT
 from qustody.storage import models as m
@@ -73,6 +74,30 @@ def ensure_demo(services: Services) -> list[str]:
         "get fresh ones with `qustody admin token --tenant demo --principal alice`.",
         f"  tenant admin ({DEMO_ADMIN}):  export QUSTODY_TOKEN={admin_token.token}",
         f"  developer ({DEMO_DEVELOPER}):       export QUSTODY_TOKEN={dev_token.token}",
+        *_demo_password(services, tenant_admin, context),
         "Try: qustody submit examples/ghz.qasm --backend aer-statevector "
         f"--project {DEMO_PROJECT} --wait",
+    ]
+
+
+def _demo_password(
+    services: Services, tenant_admin: Principal, context: RequestContext
+) -> list[str]:
+    """A local-account password for the demo admin, made and shown once (when
+    local accounts are on): `qustody account sign-in` then works without the operator."""
+    if not services.local_accounts.enabled:
+        return []
+    with services.db.read() as session:
+        exists = session.get(m.LocalAccount, tenant_admin.id)
+    if exists is not None:
+        return [
+            f"  {DEMO_ADMIN} signs in with `qustody account sign-in --tenant {DEMO_TENANT} "
+            f"--username {DEMO_ADMIN}` (the password shown when the demo was made)."
+        ]
+    password = secrets.token_urlsafe(18)
+    services.local_accounts.set_password(tenant_admin, context, "me", password)
+    return [
+        f"  {DEMO_ADMIN} also has a local account (development only); its password, shown once:",
+        f"      {password}",
+        f"    qustody account sign-in --tenant {DEMO_TENANT} --username {DEMO_ADMIN}",
     ]

@@ -58,6 +58,7 @@ from qustody.domain.vocabulary import Action
 from qustody.identity.tokens import IssuedToken, SignIn, TokenService, assurance
 from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database
 from qustody.storage.db import tenant as tenant_scope
@@ -367,6 +368,7 @@ class LocalAccounts:
 
     # -- credentials --------------------------------------------------------------------
 
+    @records_misses(Action.ACCOUNT_SET)
     def set_password(
         self, caller: Principal, request: RequestContext, principal_ref: str, password: str
     ) -> None:
@@ -415,6 +417,7 @@ class LocalAccounts:
                 reason="password set" if exists is None else "password replaced",
             )
 
+    @records_misses(Action.ACCOUNT_SET)
     def enroll_totp(
         self, caller: Principal, request: RequestContext, principal_ref: str
     ) -> TotpEnrollment:
@@ -462,6 +465,7 @@ class LocalAccounts:
         )
         return TotpEnrollment(secret, uri)
 
+    @records_misses(Action.ACCOUNT_SET)
     def confirm_totp(
         self, caller: Principal, request: RequestContext, principal_ref: str, code: str
     ) -> None:

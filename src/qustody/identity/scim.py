@@ -40,7 +40,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from scim2_models import Meta, PatchOp, Resource, SearchRequest
 from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, insert, not_, select, update
@@ -74,6 +74,7 @@ from qustody.identity.scim_resources import (
     etag,
 )
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -155,6 +156,14 @@ class ScimService:
             project_names = list(projects)
         return discovery_documents(self.base_url, project_names)
 
+    def unsupported(
+        self, caller: Principal, request: RequestContext, action: Action, detail: str
+    ) -> NoReturn:
+        """Refuse a feature the service provider configuration declares
+        unsupported, once the caller is known to be allowed ``action``."""
+        self._guard.check(caller, action, _tenant(caller), request)
+        raise errors.NotSupported(detail)
+
     # -- users --------------------------------------------------------------------------
 
     def create_user(self, caller: Principal, request: RequestContext, user: User) -> User:
@@ -192,6 +201,7 @@ class ScimService:
             row = self._user_row(session, caller.tenant_id, principal_id)
         return self._user(row)
 
+    @records_misses(Action.USER_READ)
     def get_user(self, caller: Principal, request: RequestContext, user_id: str) -> User:
         self._guard.check(caller, Action.USER_READ, _tenant(caller), request)
         with self._db.read() as session:
@@ -218,6 +228,7 @@ class ScimService:
             )
         return Page(int(total), start, [self._user(row) for row in rows])
 
+    @records_misses(Action.USER_UPDATE)
     def replace_user(
         self,
         caller: Principal,
@@ -235,6 +246,7 @@ class ScimService:
             row = self._user_row(session, caller.tenant_id, row.id)
         return self._user(row)
 
+    @records_misses(Action.USER_UPDATE)
     def patch_user(
         self,
         caller: Principal,
@@ -259,6 +271,7 @@ class ScimService:
             row = self._user_row(session, caller.tenant_id, row.id)
         return self._user(row)
 
+    @records_misses(Action.USER_DELETE)
     def delete_user(
         self, caller: Principal, request: RequestContext, user_id: str, if_match: str | None
     ) -> None:
@@ -341,6 +354,7 @@ class ScimService:
             )
             return self._group(session, self._group_row(session, caller.tenant_id, group_id))
 
+    @records_misses(Action.GROUP_READ)
     def get_group(
         self, caller: Principal, request: RequestContext, group_id: str, *, members: bool = True
     ) -> Group:
@@ -380,6 +394,7 @@ class ScimService:
             ]
         return Page(int(total), start, resources)
 
+    @records_misses(Action.GROUP_UPDATE)
     def replace_group(
         self,
         caller: Principal,
@@ -396,6 +411,7 @@ class ScimService:
             self._update_group(session, caller, request, decision, row, fields)
             return self._group(session, self._group_row(session, caller.tenant_id, row.id))
 
+    @records_misses(Action.GROUP_UPDATE)
     def patch_group(
         self,
         caller: Principal,
@@ -418,6 +434,7 @@ class ScimService:
                 session, self._group_row(session, caller.tenant_id, row.id), with_members=members
             )
 
+    @records_misses(Action.GROUP_DELETE)
     def delete_group(
         self, caller: Principal, request: RequestContext, group_id: str, if_match: str | None
     ) -> None:

@@ -34,7 +34,7 @@ from qustody.api.state import Services, services_of
 from qustody.domain.errors import NotFound, QustodyError
 from qustody.domain.vocabulary import Action
 from qustody.identity.scim import Page
-from qustody.identity.scim_errors import InvalidSyntax, NotSupported
+from qustody.identity.scim_errors import InvalidSyntax
 from qustody.identity.scim_resources import (
     GroupResource,
     User,
@@ -368,21 +368,34 @@ def delete_group(
 
 
 @router.post("/Bulk", openapi_extra=secured(Action.USER_UPDATE))
-def bulk(caller: CallerDep) -> Response:
-    raise NotSupported("bulk operations are not supported (ServiceProviderConfig bulk.supported).")
+def bulk(caller: CallerDep, request: Request) -> Response:
+    services_of(request).scim.unsupported(
+        caller.principal,
+        caller.request,
+        Action.USER_UPDATE,
+        "bulk operations are not supported (ServiceProviderConfig bulk.supported).",
+    )
 
 
 @router.post("/.search", openapi_extra=secured(Action.USER_LIST))
-def search_everything(caller: CallerDep) -> Response:
-    raise NotSupported(
+def search_everything(caller: CallerDep, request: Request) -> Response:
+    services_of(request).scim.unsupported(
+        caller.principal,
+        caller.request,
+        Action.USER_LIST,
         "searching users and groups at once is not supported; use /Users/.search and "
-        "/Groups/.search."
+        "/Groups/.search.",
     )
 
 
 @router.get("/Me", openapi_extra=secured(Action.USER_READ))
-def me(caller: CallerDep) -> Response:
-    raise NotSupported("/Me is not supported; read the user at /Users/{id}.")
+def me(caller: CallerDep, request: Request) -> Response:
+    services_of(request).scim.unsupported(
+        caller.principal,
+        caller.request,
+        Action.USER_READ,
+        "/Me is not supported; read the user at /Users/{id}.",
+    )
 
 
 # -- the application -------------------------------------------------------------------
@@ -409,11 +422,8 @@ def error_response(
     body = Error(status=status, scim_type=scim_type, detail=detail).model_dump(
         scim_ctx=Context.RESOURCE_QUERY_RESPONSE
     )
-    request_id = getattr(request.state, "request_id", None)
-    out = {CODE_HEADER: code, **(headers or {})}
-    if request_id:
-        out["X-Request-Id"] = request_id
-    return ScimResponse(body, status_code=status, headers=out)
+    # The request id travels in X-Request-Id, which every answer carries.
+    return ScimResponse(body, status_code=status, headers={CODE_HEADER: code, **(headers or {})})
 
 
 def _install_errors(app: FastAPI) -> None:
