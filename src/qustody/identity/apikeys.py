@@ -33,6 +33,7 @@ from qustody.domain.vocabulary import Action, Role
 from qustody.identity.errors import ExpiredToken, InvalidToken, MalformedToken, RevokedToken
 from qustody.identity.tokens import assurance, parse_scopes
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, tenant
 
@@ -178,6 +179,7 @@ class ApiKeyService:
 
     # -- administration ------------------------------------------------------------
 
+    @records_misses(Action.APIKEY_CREATE)
     def create(
         self,
         caller: Principal,
@@ -250,6 +252,7 @@ class ApiKeyService:
             )
         return NewApiKey(key, _info(row, target.name))
 
+    @records_misses(Action.APIKEY_LIST)
     def list_keys(
         self, caller: Principal, request: RequestContext, *, principal_name: str | None = None
     ) -> list[ApiKeyInfo]:
@@ -275,6 +278,7 @@ class ApiKeyService:
             rows = session.execute(query.order_by(m.ApiKey.created_at.desc())).all()
             return [_info(key, name) for key, name in rows]
 
+    @records_misses(Action.APIKEY_REVOKE)
     def revoke(self, caller: Principal, request: RequestContext, key_id: str) -> ApiKeyInfo:
         """Revoke a key of the caller's tenant (authorized on the tenant, before
         the lookup, so a probe learns nothing of which ids exist)."""

@@ -26,6 +26,7 @@ from qustody.domain.ids import PrincipalId
 from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -129,6 +130,7 @@ class RevocationService:
         self._db = db
         self._guard = guard
 
+    @records_misses(Action.TOKEN_REVOKE)
     def revoke_principal(
         self, caller: Principal, request: RequestContext, principal_name: str
     ) -> Revoked:

@@ -21,14 +21,17 @@ no escapes) and the pattern covers the whole value. Matching is
 case-sensitive.
 
 Which tenant: an issuer may appear in rules of several tenants. The token's
-issuer selects the enabled rules naming it; the request's ``audience``
-(``<tenant>`` or ``<tenant>/<rule>``) narrows them to one tenant or one rule.
-The token is verified (signature, ``iss``, ``exp``...) by the issuer's own
-keys, and a rule applies only if the token's ``aud`` includes the rule's
-audience and its claims meet the rule's conditions. Exactly one rule may
-apply: when rules of several tenants (or several rules of one) do, the
-request must name one. So a token only ever lands in a tenant one of whose
-rules it satisfies, and only issuers named by some rule are ever contacted.
+issuer selects the enabled rules naming it, in every tenant, and the token is
+verified (signature, ``iss``, ``exp``...) by the issuer's own keys, the same
+way whichever tenant the request names. A rule then applies only if it
+belongs to the tenant (or is the rule) the request's ``audience`` names
+(``<tenant>`` or ``<tenant>/<rule>``), if any, the token's ``aud`` includes
+the rule's audience, and its claims meet the rule's conditions. Exactly one
+rule may apply: when rules of several tenants (or several rules of one) do,
+the request must name one. So a token only ever lands in a tenant one of whose
+rules it satisfies; a named tenant that does not exist, has no rule for the
+issuer, or has rules the token does not meet, answer alike; and only issuers
+named by some rule are ever contacted.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ from qustody.identity.errors import (
     OAuthError,
     TemporarilyUnavailable,
     TokenRequestScope,
+    WrongAudience,
 )
 from qustody.identity.external_jwt import JwtVerifier, VerifiedJwt, check_url
 from qustody.identity.tokens import IssuedToken, SignIn, TokenService, parse_scopes
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, tenant, tenant_scope
 
@@ -276,6 +281,7 @@ class WorkloadIdentity:
 
     # -- trust rules -------------------------------------------------------------------
 
+    @records_misses(Action.TRUSTRULE_SET)
     def create_rule(
         self,
         caller: Principal,
@@ -405,6 +411,7 @@ class WorkloadIdentity:
             ).all()
             return [_info(rule, name) for rule, name in rows]
 
+    @records_misses(Action.TRUSTRULE_DELETE)
     def delete_rule(self, caller: Principal, request: RequestContext, ref: str) -> None:
         """Delete a rule of the caller's tenant, by id or name."""
         decision = self._guard.check(
@@ -454,36 +461,33 @@ class WorkloadIdentity:
         try:
             tenant_named, rule_named = _target(audience)
             issuer = _unverified_issuer(subject_token)
-            candidates = self._candidates(issuer, tenant_named, rule_named)
+            candidates = self._candidates(issuer)
             verified = self._verify(subject_token, issuer, candidates)
-            rule = self._choose(verified, candidates, tenant_named)
+            rule = self._choose(verified, candidates, tenant_named, rule_named)
             return self._issue(rule, verified, scope, jkt, request)
         except OAuthError as error:
             self._record_failure(error, verified, rule, request)
             raise
 
-    def _candidates(
-        self, issuer: str, tenant_named: str | None, rule_named: str | None
-    ) -> list[tuple[m.TrustRule, str]]:
-        """Enabled rules naming ``issuer`` (of the named tenant, with the named
-        name), each with its tenant's name. Before the tenant is known, in system scope."""
+    def _candidates(self, issuer: str) -> list[tuple[m.TrustRule, str]]:
+        """Enabled rules of every tenant naming ``issuer``, each with its tenant's
+        name (before the tenant is known, in system scope).
+
+        Deliberately not narrowed to the tenant the request names: the token
+        is verified the same way whichever tenant is named, so the answer
+        never tells whether a named tenant exists or trusts this issuer."""
         query = (
             select(m.TrustRule, m.Tenant.name)
             .join(m.Tenant, m.Tenant.id == m.TrustRule.tenant_id)
             .where(m.TrustRule.issuer == issuer, m.TrustRule.enabled.is_(True))
+            .order_by(m.TrustRule.id)
         )
-        if tenant_named is not None:
-            query = query.where(m.Tenant.name == tenant_named)
-        if rule_named is not None:
-            query = query.where(m.TrustRule.name == rule_named)
         with self._db.read(scope=SYSTEM) as session:
-            rows = [(rule, name) for rule, name in session.execute(query.order_by(m.TrustRule.id))]
+            rows = [(rule, name) for rule, name in session.execute(query)]
         if not rows:
-            where = f" of tenant {tenant_named!r}" if tenant_named else ""
-            named = f" named {rule_named!r}" if rule_named else ""
             raise InvalidGrant(
-                f"no trust rule{named}{where} accepts tokens of issuer {issuer[:200]!r}; ask "
-                "the tenant admin for one (`qustody trust-rules add`).",
+                f"no trust rule accepts tokens of issuer {issuer[:200]!r}; ask the tenant admin "
+                "for one (`qustody trust-rules add`).",
                 field="subject_token",
             )
         return rows
@@ -494,6 +498,14 @@ class WorkloadIdentity:
         audiences = {rule.audience for rule, _ in candidates}
         try:
             return self._verifier.verify(token, issuer=issuer, audiences=audiences)
+        except WrongAudience:
+            # The verifier's own message lists the audiences expected: other
+            # tenants' rules' configuration.
+            raise InvalidGrant(
+                "subject_token refused: its audience ('aud') is not one a trust rule accepts; "
+                "ask your issuer for a token for the audience your tenant's rule names.",
+                field="subject_token",
+            ) from None
         except AuthenticationError as error:
             raise InvalidGrant(
                 f"subject_token refused: {error.detail}", field="subject_token"
@@ -510,20 +522,29 @@ class WorkloadIdentity:
         verified: VerifiedJwt,
         candidates: Sequence[tuple[m.TrustRule, str]],
         tenant_named: str | None,
+        rule_named: str | None,
     ) -> m.TrustRule:
+        """The one rule the token meets, of the named tenant (and name) if any.
+
+        A tenant or rule that does not exist, one without rules for this
+        issuer, and one whose rules the token does not meet all get the same
+        answer."""
         audiences = _audiences(verified.claims)
         matching = [
             (rule, tenant_name)
             for rule, tenant_name in candidates
-            if rule.audience in audiences
+            if (tenant_named is None or tenant_name == tenant_named)
+            and (rule_named is None or rule.name == rule_named)
+            and rule.audience in audiences
             and all(c.holds(verified.claims) for c in parse_conditions(rule.conditions))
         ]
         if not matching:
             where = f" of tenant {tenant_named!r}" if tenant_named else ""
+            named = f" named {rule_named!r}" if rule_named else ""
             raise InvalidGrant(
                 f"the token of {verified.issuer[:200]} (subject {verified.subject[:200]!r}) "
-                f"meets the conditions of no trust rule{where}; check the rule's audience and "
-                "claim conditions against the token's claims.",
+                f"meets the conditions of no trust rule{named}{where}; check the rule's "
+                "audience and claim conditions against the token's claims.",
                 field="subject_token",
             )
         tenants = sorted({name for _, name in matching})
