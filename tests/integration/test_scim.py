@@ -617,3 +617,19 @@ def test_every_change_is_audited_with_ids_only(tenancy: Tenancy) -> None:
     for event in events:
         text = " ".join(str(getattr(event, c.key)) for c in m.AuditEvent.__table__.columns)
         assert "personal" not in text.lower(), event.event_type
+
+
+def test_a_lost_uniqueness_race_is_a_409_not_a_500(
+    tenancy: Tenancy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before the insert can lose to a concurrent request; the
+    database's constraint then decides, and the answer is still a 409."""
+    monkeypatch.setattr(ScimService, "_check_user_name", staticmethod(lambda *_: None))
+    monkeypatch.setattr(ScimService, "_check_group_name", staticmethod(lambda *_: None))
+    _user(tenancy, "racer")
+    with pytest.raises(Uniqueness) as caught:
+        _user(tenancy, "racer")
+    assert caught.value.status == 409
+    _group(tenancy, "Racers")
+    with pytest.raises(Uniqueness):
+        _group(tenancy, "Racers")

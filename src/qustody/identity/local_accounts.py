@@ -42,6 +42,7 @@ import pyotp
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor, Target, record
@@ -379,43 +380,48 @@ class LocalAccounts:
         decision = self._guard.check(caller, Action.ACCOUNT_SET, _resource(target), request)
         password_hash = self._hasher.hash(password)
         now = self._clock()
-        with self._db.write() as session:
-            exists = session.execute(
-                select(_LA.c.principal_id).where(_LA.c.principal_id == target.id).with_for_update()
-            ).first()
-            if exists is None:
-                session.execute(
-                    insert(_LA),
-                    {
-                        "principal_id": target.id,
-                        "tenant_id": target.tenant_id,
-                        "password_hash": password_hash,
-                        "totp_enabled": False,
-                        "failed_attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-            else:
-                session.execute(
-                    update(_LA)
+        try:
+            with self._db.write() as session:
+                exists = session.execute(
+                    select(_LA.c.principal_id)
                     .where(_LA.c.principal_id == target.id)
-                    .values(
-                        password_hash=password_hash,
-                        failed_attempts=0,
-                        locked_until=None,
-                        updated_at=now,
+                    .with_for_update()
+                ).first()
+                if exists is None:
+                    session.execute(
+                        insert(_LA),
+                        {
+                            "principal_id": target.id,
+                            "tenant_id": target.tenant_id,
+                            "password_hash": password_hash,
+                            "totp_enabled": False,
+                            "failed_attempts": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
                     )
+                else:
+                    session.execute(
+                        update(_LA)
+                        .where(_LA.c.principal_id == target.id)
+                        .values(
+                            password_hash=password_hash,
+                            failed_attempts=0,
+                            locked_until=None,
+                            updated_at=now,
+                        )
+                    )
+                record(
+                    session,
+                    Action.ACCOUNT_SET,
+                    actor=Actor.of(caller),
+                    target=Target("principal", target.id, target.tenant_id),
+                    decision=decision,
+                    request=request,
+                    reason="password set" if exists is None else "password replaced",
                 )
-            record(
-                session,
-                Action.ACCOUNT_SET,
-                actor=Actor.of(caller),
-                target=Target("principal", target.id, target.tenant_id),
-                decision=decision,
-                request=request,
-                reason="password set" if exists is None else "password replaced",
-            )
+        except IntegrityError:
+            raise Conflict("the password was set by a concurrent request; try again.") from None
 
     @records_misses(Action.ACCOUNT_SET)
     def enroll_totp(

@@ -37,13 +37,15 @@ audit are Qustody's.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from scim2_models import Meta, PatchOp, Resource, SearchRequest
 from sqlalchemy import ColumnElement, Row, and_, delete, exists, func, insert, not_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor, Target, record
@@ -170,7 +172,7 @@ class ScimService:
         fields = _user_fields(user)
         decision = self._guard.check(caller, Action.USER_CREATE, _tenant(caller), request)
         now = datetime.now(UTC)
-        with self._db.write() as session:
+        with self._writing() as session:
             self._check_user_name(session, caller.tenant_id, fields.user_name, None)
             principal_id = new_id("usr")
             session.execute(
@@ -239,7 +241,7 @@ class ScimService:
     ) -> User:
         fields = _user_fields(user)
         decision = self._guard.check(caller, Action.USER_UPDATE, _tenant(caller), request)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._user_row(session, caller.tenant_id, user_id, lock=True)
             check_version(row.version, if_match)
             self._update_user(session, caller, request, decision, row, fields)
@@ -256,7 +258,7 @@ class ScimService:
         if_match: str | None,
     ) -> User:
         decision = self._guard.check(caller, Action.USER_UPDATE, _tenant(caller), request)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._user_row(session, caller.tenant_id, user_id, lock=True)
             check_version(row.version, if_match)
             user = self._user(row)
@@ -277,7 +279,7 @@ class ScimService:
     ) -> None:
         decision = self._guard.check(caller, Action.USER_DELETE, _tenant(caller), request)
         now = datetime.now(UTC)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._user_row(session, caller.tenant_id, user_id, lock=True)
             check_version(row.version, if_match)
             _refuse_self(caller, row.id)
@@ -324,7 +326,7 @@ class ScimService:
     def create_group(self, caller: Principal, request: RequestContext, group: Group) -> Group:
         decision = self._guard.check(caller, Action.GROUP_CREATE, _tenant(caller), request)
         now = datetime.now(UTC)
-        with self._db.write() as session:
+        with self._writing() as session:
             fields = self._group_fields(session, caller.tenant_id, group)
             self._check_group_name(session, caller.tenant_id, fields.display_name, None)
             group_id = new_id("grp")
@@ -404,7 +406,7 @@ class ScimService:
         if_match: str | None,
     ) -> Group:
         decision = self._guard.check(caller, Action.GROUP_UPDATE, _tenant(caller), request)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._group_row(session, caller.tenant_id, group_id, lock=True)
             check_version(row.version, if_match)
             fields = self._group_fields(session, caller.tenant_id, group)
@@ -423,7 +425,7 @@ class ScimService:
         members: bool = True,
     ) -> Group:
         decision = self._guard.check(caller, Action.GROUP_UPDATE, _tenant(caller), request)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._group_row(session, caller.tenant_id, group_id, lock=True)
             check_version(row.version, if_match)
             group = self._group(session, row)
@@ -439,7 +441,7 @@ class ScimService:
         self, caller: Principal, request: RequestContext, group_id: str, if_match: str | None
     ) -> None:
         decision = self._guard.check(caller, Action.GROUP_DELETE, _tenant(caller), request)
-        with self._db.write() as session:
+        with self._writing() as session:
             row = self._group_row(session, caller.tenant_id, group_id, lock=True)
             check_version(row.version, if_match)
             removed = _count(session.execute(delete(_GM).where(_GM.c.group_id == row.id)))
@@ -453,6 +455,19 @@ class ScimService:
                 request=request,
                 reason=_grant_summary(row.role, row.project_id, 0, removed),
             )
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """A write transaction; a uniqueness race lost to a concurrent request
+        (the database's constraint, not the check before it) is a 409."""
+        try:
+            with self._db.write() as session:
+                yield session
+        except IntegrityError:
+            raise errors.Uniqueness(
+                "a concurrent request took the same userName or displayName, or changed "
+                "the same members; read the resource again and retry."
+            ) from None
 
     # -- users: storage -----------------------------------------------------------------
 
