@@ -27,11 +27,11 @@ from sqlalchemy import bindparam, or_, select, update
 
 from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.errors import InvalidRequest
-from qustody.domain.ids import PrincipalId, ProjectId, TenantId, looks_like_id, new_id
+from qustody.domain.ids import PrincipalId, TenantId, looks_like_id, new_id
 from qustody.domain.models import Principal, RequestContext, Resource
-from qustody.domain.vocabulary import Action, Role
+from qustody.domain.vocabulary import Action
 from qustody.identity.errors import ExpiredToken, InvalidToken, MalformedToken, RevokedToken
-from qustody.identity.tokens import assurance, parse_scopes
+from qustody.identity.tokens import assurance, aware, cut_off, parse_scopes, roles_of
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
@@ -73,9 +73,6 @@ _KEY_AND_PRINCIPAL = (
     .join(_PRINCIPALS, _PRINCIPALS.c.id == _KEYS.c.principal_id)
     .join(_TENANTS, _TENANTS.c.id == _PRINCIPALS.c.tenant_id)
     .where(_KEYS.c.digest == bindparam("digest"))
-)
-_MEMBERSHIPS = select(m.MEMBERSHIPS.c.role, m.MEMBERSHIPS.c.project_id).where(
-    m.MEMBERSHIPS.c.principal_id == bindparam("principal")
 )
 
 
@@ -147,13 +144,6 @@ class NewApiKey:
         return f"NewApiKey(id={self.info.id!r}, key=<redacted>)"
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; they are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _info(row: m.ApiKey, principal_name: str) -> ApiKeyInfo:
     return ApiKeyInfo(
         id=row.id,
@@ -161,11 +151,11 @@ def _info(row: m.ApiKey, principal_name: str) -> ApiKeyInfo:
         principal_id=row.principal_id,
         principal_name=principal_name,
         scopes=tuple(row.scopes.split()),
-        created_at=_aware(row.created_at) or row.created_at,
+        created_at=aware(row.created_at) or row.created_at,
         created_by=row.created_by,
-        expires_at=_aware(row.expires_at) or row.expires_at,
-        revoked_at=_aware(row.revoked_at),
-        last_used_at=_aware(row.last_used_at),
+        expires_at=aware(row.expires_at) or row.expires_at,
+        revoked_at=aware(row.revoked_at),
+        last_used_at=aware(row.last_used_at),
     )
 
 
@@ -347,9 +337,9 @@ class ApiKeyService:
             row = connection.execute(_KEY_AND_PRINCIPAL, {"digest": digest(key)}).one_or_none()
             if row is None:
                 raise InvalidToken("Qustody has no record of this API key.")
-            if row.revoked_at is not None or _cut_off(row):
+            if row.revoked_at is not None or cut_off(row.created_at, row):
                 raise RevokedToken("the API key was revoked; ask your tenant admin for a new one.")
-            expires = _aware(row.expires_at)
+            expires = aware(row.expires_at)
             if expires is None or expires <= now:
                 raise ExpiredToken(
                     "the API key has expired; ask your tenant admin for a new one "
@@ -357,16 +347,10 @@ class ApiKeyService:
                 )
             if not row.active:
                 raise RevokedToken("the API key's principal is deactivated; ask your tenant admin.")
-            memberships = connection.execute(_MEMBERSHIPS, {"principal": row.principal_id}).all()
-        last_used = _aware(row.last_used_at)
+            tenant_roles, project_roles = roles_of(connection, row.principal_id)
+        last_used = aware(row.last_used_at)
         if last_used is None or now - last_used >= LAST_USED_EVERY:
             self._touch(row.id, row.tenant_id, now)
-        tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
-        project_roles = tuple(
-            (ProjectId(ms.project_id), Role(ms.role))
-            for ms in memberships
-            if ms.project_id is not None
-        )
         return Principal(
             id=PrincipalId(row.principal_id),
             tenant_id=TenantId(row.principal_tenant_id),
@@ -395,13 +379,3 @@ class ApiKeyService:
                 )
                 .values(last_used_at=now)
             )
-
-
-def _cut_off(row: object) -> bool:
-    """Whether the key was created before its principal's or tenant's revocation cut-off."""
-    created = _aware(getattr(row, "created_at", None))
-    for name in ("principal_not_before", "tenant_not_before"):
-        cut = _aware(getattr(row, name, None))
-        if cut is not None and created is not None and created < cut:
-            return True
-    return False

@@ -28,6 +28,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 from sqlalchemy import and_, bindparam, or_, select, union_all
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from qustody.crypto.files import check_private, create_private
@@ -194,7 +195,7 @@ class SignIn:
     auth_time: datetime | None = None
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; they are UTC."""
     if value is None or value.tzinfo is not None:
         return value
@@ -361,20 +362,14 @@ class TokenService:
                 raise InvalidToken("Qustody has no record of issuing this token.")
             if row.principal_id != claims["sub"] or row.tenant_id != claims["tid"]:
                 raise InvalidToken("the bearer token's claims do not match its record.")
-            if row.revoked_at is not None or _cut_off(row):
+            if row.revoked_at is not None or cut_off(row.issued_at, row):
                 raise RevokedToken("the bearer token was revoked; ask Qustody for a new token.")
             if not row.active:
                 raise RevokedToken(
                     "the bearer token's principal is deactivated; ask your tenant admin."
                 )
-            memberships = connection.execute(_MEMBERSHIPS, {"principal": row.principal_id}).all()
+            tenant_roles, project_roles = roles_of(connection, row.principal_id)
         amr = frozenset((row.amr or "").split())
-        tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
-        project_roles = tuple(
-            (ProjectId(ms.project_id), Role(ms.role))
-            for ms in memberships
-            if ms.project_id is not None
-        )
         return Principal(
             id=PrincipalId(row.principal_id),
             tenant_id=TenantId(row.principal_tenant_id),
@@ -388,7 +383,7 @@ class TokenService:
             auth_strength=assurance(amr),
             acr=row.acr,
             amr=amr,
-            auth_time=_aware(row.auth_time),
+            auth_time=aware(row.auth_time),
             # The thumbprint the token is bound to: the API layer verifies this
             # request's DPoP proof against it before the principal goes further.
             dpop_jkt=row.jkt,
@@ -401,11 +396,26 @@ class TokenService:
         return row
 
 
-def _cut_off(row: Any) -> bool:
-    """Whether the token was issued before its principal's or tenant's cut-off."""
-    issued = _aware(row.issued_at)
+def roles_of(
+    connection: Connection, principal_id: str
+) -> tuple[frozenset[Role], tuple[tuple[ProjectId, Role], ...]]:
+    """The roles a principal holds now: tenant-wide, and per project (its own
+    memberships and those of its SCIM groups). One query."""
+    memberships = connection.execute(_MEMBERSHIPS, {"principal": principal_id}).all()
+    tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
+    project_roles = tuple(
+        (ProjectId(ms.project_id), Role(ms.role)) for ms in memberships if ms.project_id is not None
+    )
+    return tenant_roles, project_roles
+
+
+def cut_off(issued_at: datetime | None, row: Any) -> bool:
+    """Whether a credential issued at ``issued_at`` predates its principal's or
+    tenant's revocation cut-off (``row.principal_not_before``,
+    ``row.tenant_not_before``)."""
+    issued = aware(issued_at)
     for cut in (row.principal_not_before, row.tenant_not_before):
-        cut = _aware(cut)
+        cut = aware(cut)
         if cut is not None and issued is not None and issued < cut:
             return True
     return False
