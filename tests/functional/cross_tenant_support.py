@@ -18,6 +18,7 @@ A's data: B cannot tell it from nothing.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import re
@@ -160,12 +161,12 @@ SCIM_GROUP_PATCH = {
 SCIM_SEARCH = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}
 
 
-def _workload_token() -> str:
+def workload_token(issuer: str = CI_ISSUER) -> str:
     """A CI job's token as A's trust rule would expect it, signed by a key of
     nobody's: the exchange can refuse it only after choosing a rule."""
     now = int(time.time())
     claims = {
-        "iss": CI_ISSUER,
+        "iss": issuer,
         "aud": "qustody",
         "sub": "repo:alpha/qec:ref:refs/heads/main",
         "repository": "alpha/qec",
@@ -177,7 +178,7 @@ def _workload_token() -> str:
     return jwt.encode(header, claims, ECKey.generate_key("P-256"))
 
 
-WORKLOAD_TOKEN = _workload_token()
+WORKLOAD_TOKEN = workload_token()
 TRUST_RULE = {
     "issuer": CI_ISSUER,
     "audience": "qustody",
@@ -342,6 +343,20 @@ PROBES: list[Probe] = [
         form=True,
         public=True,
     ),
+    # ... nor whether any tenant trusts the token's issuer
+    Probe(
+        "POST",
+        "/v1/auth/token",
+        "body:subject_token",
+        ("workload_token",),
+        REFUSED,
+        body={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        },
+        form=True,
+        public=True,
+    ),
     # tenant policies
     Probe("GET", "/v1/policies/versions/{version}", "path:version", ("policy_version",), REFUSED),
     Probe("GET", "/v1/policies/diff", "query:from", ("policy_version",), FILTER),
@@ -483,7 +498,6 @@ NOT_TENANT_IDS: dict[tuple[str, str, str], str] = {
     ("POST", "/v1/auth/token", "body:grant_type"): _VOCABULARY + " (OAuth grant types)",
     ("POST", "/v1/auth/token", "body:subject_token_type"): _VOCABULARY + " (token types)",
     ("POST", "/v1/auth/token", "body:requested_token_type"): _VOCABULARY + " (token types)",
-    ("POST", "/v1/auth/token", "body:subject_token"): "the caller's own external token",
     ("POST", "/v1/auth/token", "body:scope"): _VOCABULARY + " (token scopes)",
     ("POST", "/v1/auth/token", "body:resource"): "this gateway's own URL (anything else is "
     "refused)",
@@ -676,6 +690,9 @@ def twin(kind: str, value: str, taken: set[int]) -> str:
             if neighbour >= 0 and neighbour not in taken and seq not in taken:
                 return str(neighbour)
         raise AssertionError(f"log position {seq} has B's events on both sides")
+    if kind == "workload_token":  # the same token from an issuer no tenant trusts
+        base, _, path = CI_ISSUER.rpartition("/")
+        return workload_token(f"{base}/{twin('name', path, taken)}")
     if kind == "policy_version":  # a version no tenant has reached
         return str(10**6 + secrets.randbelow(10**6))
     if kind.endswith(("_text", "_filter")):  # the same text naming twins
@@ -736,11 +753,26 @@ def _occurrences(value: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![{edge}]){re.escape(value)}(?![{edge}])")
 
 
-def _substitute(text: str, value: str) -> str:
-    return _occurrences(value).sub(PLACEHOLDER, text)
+#: A value tried, or the value and what answers may quote of it (see :func:`echoes`).
+Values = str | tuple[str, ...]
 
 
-def normalized(data: Any, value: str, drop: set[str] = VOLATILE_FIELDS) -> Any:
+def _substitute(text: str, values: Values) -> str:
+    for n, value in enumerate((values,) if isinstance(values, str) else values):
+        text = _occurrences(value).sub(PLACEHOLDER if n == 0 else f"<probe-{n}>", text)
+    return text
+
+
+def echoes(kind: str, value: str) -> tuple[str, ...]:
+    """``value`` and what an answer may quote of it: a workload token's issuer."""
+    if kind == "workload_token":
+        payload = value.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return (value, str(claims["iss"]))
+    return (value,)
+
+
+def normalized(data: Any, value: Values, drop: set[str] = VOLATILE_FIELDS) -> Any:
     """``data`` with ``value`` replaced by a placeholder in each string; volatile fields dropped."""
     if isinstance(data, dict):
         return {k: normalized(v, value, drop) for k, v in data.items() if k not in drop}
@@ -751,7 +783,7 @@ def normalized(data: Any, value: str, drop: set[str] = VOLATILE_FIELDS) -> Any:
     return data
 
 
-def shape(answer: Answer, value: str) -> dict[str, Any]:
+def shape(answer: Answer, value: Values) -> dict[str, Any]:
     """What must be equal between the answers to A's value and to its twin."""
     body = answer.json()
     return {
@@ -804,7 +836,7 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     return None if a == b else f"{where}: {a!r:.300} / {b!r:.300}"
 
 
-def event_shape(event: Mapping[str, Any], value: str, *, own: bool = False) -> dict[str, Any]:
+def event_shape(event: Mapping[str, Any], value: Values, *, own: bool = False) -> dict[str, Any]:
     """An audit event as it must match its twin's: without its seq, time and request."""
     drop = {"seq", "at", "request_id"} | (
         {"resource_id", "reason", "payload_sha256"} if own else set()

@@ -46,10 +46,12 @@ from cross_tenant_support import (
     TRUST_RULE,
     UNDOCUMENTED,
     VOLATILE_FIELDS,
+    WORKLOAD_TOKEN,
     Answer,
     Expect,
     Probe,
     covered,
+    echoes,
     event_shape,
     first_difference,
     length_consistent,
@@ -81,8 +83,9 @@ A_NAMES = (
 )
 #: What a refused attempt may answer: not found, or the 403 B's role gets for any value.
 REFUSALS = {403, 404}
-#: What a refused sign-in may answer (no caller: nothing to hide behind a 404).
-SIGN_IN_REFUSALS = {400, 401, 403}
+#: What a refused sign-in may answer (no caller: nothing to hide behind a 404);
+#: 503: the token's issuer (unreachable here) could not be asked for its keys.
+SIGN_IN_REFUSALS = {400, 401, 403, 503}
 #: Routes no tenant principal gets past the policy on: B gets the same 403 for any value.
 PLATFORM_ONLY = {("POST", "/v1/tenants")}
 #: Routes the app serves besides the API: its own description.
@@ -408,6 +411,7 @@ def _tenant_a(
         "trustrule_id": extra.get("trustrule_id", []),
         "trustrule_name": extra.get("trustrule_name", []),
         "exchange_audience": ["acme", *(f"acme/{n}" for n in extra.get("trustrule_name", []))],
+        "workload_token": [WORKLOAD_TOKEN] if extra.get("trustrule_id") else [],
         "policy_version": extra.get("policy_version", []),
         "scim_user_id": extra.get("scim_user_id", []),
         **{
@@ -584,10 +588,15 @@ def test_each_answer_is_that_of_a_value_that_exists_nowhere(campaign: Campaign) 
             if own_shape(a) != own_shape(t):
                 wrong.append(f"{attempt}: {first_difference(own_shape(a), own_shape(t))}")
             continue
-        mine, control = shape(a, attempt.value), shape(t, attempt.twin)
+        values, twins = echoes(attempt.kind, attempt.value), echoes(attempt.kind, attempt.twin)
+        mine, control = shape(a, values), shape(t, twins)
         if mine != control:
             wrong.append(f"{attempt}: {first_difference(mine, control)}")
-        elif not _volatile(a.json()) and not length_consistent(a, attempt.value, t, attempt.twin):
+        elif (
+            len(values) == 1
+            and not _volatile(a.json())
+            and not length_consistent(a, attempt.value, t, attempt.twin)
+        ):
             wrong.append(f"{attempt}: lengths {len(a.content)} and {len(t.content)}")
         elif expect is Expect.REFUSED and a.status not in _refusals(attempt.probe):
             wrong.append(f"{attempt}: answered {a.status}, not a refusal")
