@@ -88,6 +88,12 @@ REFUSALS = {403, 404}
 SIGN_IN_REFUSALS = {400, 401, 403, 503}
 #: Routes no tenant principal gets past the policy on: B gets the same 403 for any value.
 PLATFORM_ONLY = {("POST", "/v1/tenants")}
+#: Listings asked for more than the caller's tenant: refused, never a line of A's.
+WIDER_LISTINGS = (
+    "/v1/audit/export?scope=platform",
+    "/v1/audit/export?scope=platform&format=ocsf",
+    "/v1/audit/export?format=ocsf",
+)
 #: Routes the app serves besides the API: its own description.
 SELF_DESCRIPTION = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -233,7 +239,7 @@ def _run(
     # Lists first, while B owns nothing named like A's; then every probe; names
     # in B's own namespace last.
     for role, token in b_tokens.items():
-        for path in _listing_routes(documents):
+        for path in [*_listing_routes(documents), *WIDER_LISTINGS]:
             campaign.sweeps.append((role, path, Answer.of(http.get(path, headers=auth(token)))))
     # Among names in B's own namespace, SCIM's users first: SCIM refuses a user
     # name taken, /v1/members adopts a principal of that name.
@@ -422,7 +428,7 @@ def _tenant_a(
         "forbid_text": [
             f'@id("xt-probe")\nforbid (principal == Qustody::Principal::"{admin_id}", '
             "action, resource);\n"
-            for admin_id in principal_ids[:1]
+            for admin_id in (gw.tenancy.tenant_admin.id,)
         ],
     }
     ids = {
@@ -643,6 +649,12 @@ def test_no_answer_carries_anything_of_tenant_as(campaign: Campaign) -> None:
         if seen:
             leaks.append(f"{what}: {seen}")
     assert not leaks, "\n".join(leaks)
+
+
+def test_the_whole_log_is_refused_to_every_tenant_principal(campaign: Campaign) -> None:
+    answers = [(role, path, a.status) for role, path, a in campaign.sweeps if "platform" in path]
+    assert answers
+    assert all(status == 403 for _, _, status in answers), answers
 
 
 # -- the logs ------------------------------------------------------------------------------
