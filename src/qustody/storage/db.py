@@ -28,7 +28,9 @@ no row-level security: there the scope is not sent.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
+import re
 import threading
 import time
 import warnings
@@ -62,15 +64,22 @@ SYSTEM = "system"
 NO_TENANT = ""
 #: The setting the row-level security policies read (migration 0006).
 SCOPE_SETTING = "qustody.tenant_id"
-_SET_SCOPE = f"SELECT set_config('{SCOPE_SETTING}', %(scope)s, true)"
+#: What a scope may look like: it is spelled into the statement that begins
+#: each transaction (tenant ids are ``ten_`` and a ULID).
+_SCOPE_VALUE = re.compile(r"[A-Za-z0-9_-]{0,64}")
 _bound: ContextVar[str | None] = ContextVar("qustody_tenant_scope", default=None)
 
 
 def tenant(tenant_id: str) -> str:
     """``tenant_id`` as a scope; refuses the reserved values, so no id can
-    pass for :data:`SYSTEM` or :data:`NO_TENANT`."""
-    if not isinstance(tenant_id, str) or tenant_id in (SYSTEM, NO_TENANT):
-        raise ValueError(f"{tenant_id!r} is not a tenant id")
+    pass for :data:`SYSTEM` or :data:`NO_TENANT`, and anything that is not
+    shaped like an id."""
+    if (
+        not isinstance(tenant_id, str)
+        or tenant_id in (SYSTEM, NO_TENANT)
+        or not _SCOPE_VALUE.fullmatch(tenant_id)
+    ):
+        raise ValueError(f"{tenant_id[:80]!r} is not a tenant id")
     return tenant_id
 
 
@@ -106,9 +115,29 @@ def system_scope() -> AbstractContextManager[None]:
     return scope_bound(SYSTEM)
 
 
+def _postgres_connect(dbapi_connection: Any, _record: object) -> None:
+    # psycopg opens no transaction of its own; _postgres_begin does.
+    dbapi_connection.autocommit = True
+
+
 def _postgres_begin(conn: Connection) -> None:
+    """Begin the transaction in its scope: one round trip, as psycopg's own
+    ``BEGIN`` was (the scope costs no extra one)."""
     scope = conn.get_execution_options().get(_SCOPE)
-    conn.exec_driver_sql(_SET_SCOPE, {"scope": current_scope() if scope is None else scope})
+    statement = _begin_in(current_scope() if scope is None else scope)
+    cursor = conn.connection.cursor()
+    try:
+        # No parameters: the simple query protocol, which carries both statements.
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _begin_in(scope: str) -> str:
+    if not _SCOPE_VALUE.fullmatch(scope):
+        raise ValueError(f"{scope[:80]!r} is not a database scope")
+    return f"BEGIN; SELECT set_config('{SCOPE_SETTING}', '{scope}', true)"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -144,6 +173,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
+            event.listen(self.engine, "connect", _postgres_connect)
             event.listen(self.engine, "begin", _postgres_begin)
         self._writer_lock = threading.Lock() if self.is_sqlite else None
         self._writer_file = _sqlite_lock_file(self.engine) if self.is_sqlite else None
