@@ -143,6 +143,40 @@ def test_platform_admin_operations_span_tenants(pg_gateway: Gateway, http: httpx
     assert http.get(f"/v1/tenants/{tenants['globex']}", headers=admin).status_code == 404
 
 
+def test_sign_ins_that_find_the_tenant_themselves_work(
+    pg_gateway: Gateway, http: httpx.Client
+) -> None:
+    """An API key and a local account are looked up before any tenant is
+    known (system scope); what they then do runs in their tenant's scope."""
+    admin = auth(pg_gateway.tenant_admin_token)
+    acme = pg_gateway.tenancy.tenant_admin.tenant_id
+    created = http.post(
+        "/v1/api-keys",
+        json={"principal": "acme-dev", "name": "robot", "expires_in_days": 7},
+        headers=admin,
+    )
+    assert created.status_code == 201, created.text
+    keyed = http.get("/v1/jobs", headers=auth(created.json()["key"]))
+    assert keyed.status_code == 200, keyed.text
+    assert {job["tenant_id"] for job in keyed.json()["items"]} <= {acme}
+
+    password = "correct horse battery staple 42"
+    assert (
+        http.put(
+            "/v1/principals/acme-view/password", json={"password": password}, headers=admin
+        ).status_code
+        == 204
+    )
+    signed_in = http.post(
+        "/v1/auth/local",
+        json={"tenant": "acme", "username": "acme-view", "password": password},
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["tenant_id"] == acme
+    projects = http.get("/v1/projects", headers=auth(signed_in.json()["token"]))
+    assert projects.status_code == 200, projects.text
+
+
 def test_a_caller_without_a_token_reaches_no_tenant_data(
     pg_gateway: Gateway, http: httpx.Client
 ) -> None:
