@@ -23,6 +23,8 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
+from alembic import command
+from alembic.config import Config
 from fastapi import FastAPI
 from psycopg import sql
 from sqlalchemy import Table, insert, text
@@ -41,12 +43,14 @@ from qustody.keys.service import Purpose
 from qustody.policy.audit_reader import EventQuery
 from qustody.storage import models as m
 from qustody.storage.db import (
+    MIGRATIONS,
     NO_TENANT,
     SYSTEM,
     Database,
     current_scope,
     scope_bound,
     system_scope,
+    tenant,
     tenant_scope,
 )
 from support import Tenancy, auth, ctx, free_port, ghz_qasm2
@@ -127,6 +131,42 @@ def test_every_tenant_owned_table_has_a_forced_policy(db: Database) -> None:
             assert _owner(name) in expression
     for name in GLOBAL_TABLES:
         assert flags[name] == (False, False), f"{name} is global; it needs no policy"
+
+
+def _secured(db: Database) -> set[str]:
+    with db.reading(scope=SYSTEM) as connection:
+        return set(
+            connection.execute(
+                text(
+                    "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+                    "AND relrowsecurity AND relforcerowsecurity"
+                )
+            ).scalars()
+        )
+
+
+def test_the_migration_goes_down_and_up_again(db: Database) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    assert _secured(db) == set(tenant_tables())
+    for target, expected in (("0005", set()), ("head", set(tenant_tables()))):
+        with db.writing(scope=SYSTEM) as connection:
+            config.attributes["connection"] = connection
+            if target == "head":
+                command.upgrade(config, target)
+            else:
+                command.downgrade(config, target)
+        assert _secured(db) == expected
+
+
+def test_a_scope_is_a_tenant_id_or_a_reserved_value(db: Database) -> None:
+    for bad in (SYSTEM, NO_TENANT, "ten_x'; SET ROLE postgres; --", "ten x", "é"):
+        with pytest.raises(ValueError, match="not a tenant id"):
+            tenant(bad)
+    with pytest.raises(ValueError, match="not a database scope"), db.reading(scope="x'y") as c:
+        c.execute(text("SELECT 1"))
+    assert tenant("ten_01M80CD05F0XVRXY80R0FQN9AV") == "ten_01M80CD05F0XVRXY80R0FQN9AV"
 
 
 def test_the_gateway_role_is_bound_by_row_level_security(db: Database) -> None:
