@@ -970,19 +970,33 @@ def _bulk_jobs(db: Database, owners: list[tuple[str, str, str]], count: int) -> 
         raw = db.engine.raw_connection()
         try:
             conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
-            with conn.cursor() as cursor:
+            # Row-level security refuses COPY into its tables: COPY into a
+            # temporary table, then INSERT ... SELECT in system scope.
+            with conn.transaction(), conn.cursor() as cursor:
+                cursor.execute("SELECT set_config('qustody.tenant_id', 'system', true)")
                 for table, columns, rows in (
                     ("jobs", (*_JOB_COLUMNS, *_JOB_CONSTANTS),
                      ((*row, *constants) for row in jobs())),
                     ("job_transitions", _TRANSITION_COLUMNS, map(_transition, jobs())),
                 ):  # fmt: skip
-                    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+                    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+                    staged = sql.Identifier(f"bulk_{table}")
+                    cursor.execute(
+                        sql.SQL(
+                            "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} "
+                            "WITH NO DATA"
+                        ).format(staged, names, sql.Identifier(table))
                     )
-                    with cursor.copy(statement) as copy:
+                    with cursor.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN").format(staged, names)
+                    ) as copy:
                         for row in rows:
                             copy.write_row(row)
-            conn.commit()
+                    cursor.execute(
+                        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                            sql.Identifier(table), names, names, staged
+                        )
+                    )
         finally:
             raw.close()
         return

@@ -116,7 +116,8 @@ def system_scope() -> AbstractContextManager[None]:
 
 
 def _postgres_connect(dbapi_connection: Any, _record: object) -> None:
-    # psycopg opens no transaction of its own; _postgres_begin does.
+    # psycopg opens no transaction of its own; _postgres_begin does. (An
+    # isolation_level option would switch autocommit off again; none is used.)
     dbapi_connection.autocommit = True
 
 
