@@ -177,6 +177,36 @@ def test_sign_ins_that_find_the_tenant_themselves_work(
     assert projects.status_code == 200, projects.text
 
 
+def test_a_tenant_admin_writes_policies_and_provisions_users(
+    pg_gateway: Gateway, http: httpx.Client
+) -> None:
+    admin = auth(pg_gateway.tenant_admin_token)
+    text = '@id("no-prod")\nforbid (principal, action, resource) when { principal.tenant == "" };'
+    stored = http.put("/v1/policies", json={"text": text}, headers=admin)
+    assert stored.status_code == 200, stored.text
+    assert http.get("/v1/policies", headers=admin).json()["text"] == text
+    # The policies are in force for the tenant's next decision, read in its scope.
+    assert http.get("/v1/jobs", headers=auth(pg_gateway.developer_token)).status_code == 200
+
+    user = {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "acme-scim",
+        "externalId": "idp-42",
+    }
+    created = http.post("/scim/v2/Users", json=user, headers=admin)
+    assert created.status_code == 201, created.text
+    found = http.get("/scim/v2/Users", params={"filter": 'userName eq "acme-scim"'}, headers=admin)
+    assert found.status_code == 200, found.text
+    assert found.json()["totalResults"] == 1
+    outsider = auth(pg_gateway.token_for("outsider"))
+    theirs = http.get(
+        "/scim/v2/Users", params={"filter": 'userName eq "acme-scim"'}, headers=outsider
+    )
+    assert theirs.status_code in (200, 403), theirs.text
+    if theirs.status_code == 200:
+        assert theirs.json()["totalResults"] == 0
+
+
 def test_a_caller_without_a_token_reaches_no_tenant_data(
     pg_gateway: Gateway, http: httpx.Client
 ) -> None:
