@@ -58,13 +58,16 @@ def postgres_server() -> Iterator[str]:
             )
         )
     admin = conninfo_to_dict(PG_ADMIN_DSN)
+    host = str(admin.get("host") or "127.0.0.1")
+    socket_dir = host.startswith("/")  # a Unix socket's directory goes in the query
     url = URL.create(
         "postgresql+psycopg",
         username=name,
         password=password,
-        host=str(admin.get("host") or "127.0.0.1"),
+        host=None if socket_dir else host,
         port=int(admin.get("port") or 5432),
         database=name,
+        query={"host": host} if socket_dir else {},
     )
     try:
         yield url.render_as_string(hide_password=False)
