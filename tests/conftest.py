@@ -79,6 +79,13 @@ def postgres_server() -> Iterator[str]:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(postgres_server: str) -> str:
+    """The administrative connection (a superuser) that made the run's role and
+    database, as a libpq DSN: for tests of what such a role may not do."""
+    return PG_ADMIN_DSN
+
+
 @pytest.fixture
 def postgres_url(postgres_server: str) -> Iterator[str]:
     """An empty schema-less database per test: tables are dropped after each test."""

@@ -31,7 +31,6 @@ from sqlalchemy import Table, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from conftest import PG_ADMIN_DSN
 from qustody.api.app import Runtime, create_app
 from qustody.api.auth import CallerDep
 from qustody.audit.recorder import Actor, event_row, record_rows
@@ -543,11 +542,13 @@ def serving(app: FastAPI) -> Iterator[str]:
 # -- the role ------------------------------------------------------------------------------------
 
 
-def test_production_refuses_a_role_that_ignores_row_level_security(postgres_server: str) -> None:
-    superuser = make_url(PG_ADMIN_DSN).set(drivername="postgresql+psycopg")
+def test_production_refuses_a_role_that_ignores_row_level_security(
+    postgres_server: str, postgres_admin_dsn: str
+) -> None:
+    superuser = make_url(postgres_admin_dsn).set(drivername="postgresql+psycopg")
     role = f"qustody_bypass_{make_url(postgres_server).database}"[:63]
     bypass = make_url(postgres_server).set(username=role, password="bypass-password")
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+    with psycopg.connect(postgres_admin_dsn, autocommit=True) as admin:
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS PASSWORD 'bypass-password'").format(
                 sql.Identifier(role)
@@ -564,5 +565,5 @@ def test_production_refuses_a_role_that_ignores_row_level_security(postgres_serv
             finally:
                 database.dispose()
     finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        with psycopg.connect(postgres_admin_dsn, autocommit=True) as admin:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
