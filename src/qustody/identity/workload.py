@@ -55,9 +55,9 @@ from qustody.domain.errors import (
     InvalidRequest,
     ServiceUnavailable,
 )
-from qustody.domain.ids import PrincipalId, ProjectId, TenantId, looks_like_id, new_id
+from qustody.domain.ids import PrincipalId, TenantId, looks_like_id, new_id
 from qustody.domain.models import Principal, RequestContext, Resource
-from qustody.domain.vocabulary import Action, Role
+from qustody.domain.vocabulary import Action
 from qustody.identity.errors import (
     InvalidGrant,
     InvalidTarget,
@@ -68,7 +68,7 @@ from qustody.identity.errors import (
     WrongAudience,
 )
 from qustody.identity.external_jwt import JwtVerifier, VerifiedJwt, check_url
-from qustody.identity.tokens import IssuedToken, SignIn, TokenService, parse_scopes
+from qustody.identity.tokens import IssuedToken, SignIn, TokenService, parse_scopes, roles_of
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
@@ -461,13 +461,23 @@ class WorkloadIdentity:
         try:
             tenant_named, rule_named = _target(audience)
             issuer = _unverified_issuer(subject_token)
-            candidates = self._candidates(issuer)
-            verified = self._verify(subject_token, issuer, candidates)
-            rule = self._choose(verified, candidates, tenant_named, rule_named)
-            return self._issue(rule, verified, scope, jkt, request)
+            try:
+                candidates = self._candidates(issuer)
+                verified = self._verify(subject_token, issuer, candidates)
+                rule = self._choose(verified, candidates, tenant_named, rule_named)
+            except (InvalidGrant, TemporarilyUnavailable) as error:
+                refusal: OAuthError = error
+            else:
+                return self._issue(rule, verified, scope, jkt, request)
         except OAuthError as error:
             self._record_failure(error, verified, rule, request)
             raise
+        # Whether any tenant trusts this issuer, whether the issuer answered,
+        # and whether the token met a rule's conditions are the tenants'
+        # configuration: the caller gets one answer for all of them, the audit
+        # log the exact reason.
+        self._record_failure(refusal, verified, rule, request)
+        raise InvalidGrant(NOT_ACCEPTED, field="subject_token")
 
     def _candidates(self, issuer: str) -> list[tuple[m.TrustRule, str]]:
         """Enabled rules of every tenant naming ``issuer``, each with its tenant's
@@ -625,11 +635,7 @@ class WorkloadIdentity:
         Qustody token and nothing else."""
         with self._db.read() as session:
             row = session.get(m.Principal, rule.principal_id)
-            memberships = session.execute(
-                select(m.Membership.role, m.Membership.project_id).where(
-                    m.Membership.principal_id == rule.principal_id
-                )
-            ).all()
+            tenant_roles, project_roles = roles_of(session.connection(), rule.principal_id)
         if row is None or row.tenant_id != rule.tenant_id or not row.active:
             raise InvalidGrant(
                 f"trust rule {rule.name}'s principal is deactivated or gone; ask the tenant "
@@ -643,8 +649,8 @@ class WorkloadIdentity:
             token_id=None,
             scopes=frozenset({"token"}),
             auth_method="token-exchange",
-            tenant_roles=frozenset(Role(r) for r, p in memberships if p is None),
-            project_roles=tuple((ProjectId(p), Role(r)) for r, p in memberships if p is not None),
+            tenant_roles=tenant_roles,
+            project_roles=project_roles,
             dpop_jkt=jkt,
         )
 
@@ -664,8 +670,19 @@ class WorkloadIdentity:
                 outcome="failure",
                 target=Target("trustrule", rule.id, rule.tenant_id) if rule else None,
                 request=request,
-                reason=f"{error.code}: {described}",
+                # The refusal as this module worded it: issuer, subject, rule and
+                # claim names at most, never the token.
+                reason=f"{error.code}: {described}: {error.detail[:300]}",
             )
+
+
+#: The one answer to a workload token no trust rule accepts, whatever the reason.
+NOT_ACCEPTED = (
+    "subject_token was not accepted: no trust rule accepts it. A rule of the tenant you name "
+    "must trust its issuer ('iss') and audience ('aud'), its signature and lifetime must "
+    "verify, and its claims must meet the rule's conditions; the gateway's audit log records "
+    "which one failed (ask your tenant admin)."
+)
 
 
 def _describe(rule_id: str | None, verified: VerifiedJwt) -> str:
