@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
+from qustody.client._transport import Transport
 from qustody.client.errors import QustodyConnectionError, QustodyProtocolError
 
 
@@ -113,33 +114,11 @@ def _object(response: httpx.Response, what: str) -> dict[str, Any]:
     return document
 
 
-class AccountMethods:
+class AccountMethods(Transport):
     """The :class:`~qustody.client.Client` methods for local-account credentials.
 
     ``principal`` is ``me``, a principal id, or a principal name of your tenant.
     """
-
-    if TYPE_CHECKING:
-
-        def _json(
-            self,
-            method: str,
-            path: str,
-            *,
-            json: dict[str, Any] | None = None,
-            params: dict[str, str | int] | None = None,
-            extra_timeout: float = 0.0,
-        ) -> object: ...
-
-        def _request(
-            self,
-            method: str,
-            path: str,
-            *,
-            json: dict[str, Any] | None = None,
-            params: dict[str, str | int] | None = None,
-            extra_timeout: float = 0.0,
-        ) -> httpx.Response: ...
 
     def set_password(self, password: str, principal: str = "me") -> None:
         """Set a local account's password (yours, or as tenant admin anyone's)."""

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
+from qustody.client._transport import Transport
 from qustody.client.dpop import DpopAuth, DpopKey
 from qustody.client.errors import QustodyConnectionError, QustodyProtocolError
 
@@ -129,30 +130,8 @@ def _object(document: object, what: str) -> dict[str, Any]:
     return document
 
 
-class IdentityMethods:
+class IdentityMethods(Transport):
     """The :class:`~qustody.client.Client` methods for credentials."""
-
-    if TYPE_CHECKING:
-
-        def _json(
-            self,
-            method: str,
-            path: str,
-            *,
-            json: dict[str, Any] | None = None,
-            params: dict[str, str | int] | None = None,
-            extra_timeout: float = 0.0,
-        ) -> object: ...
-
-        def _request(
-            self,
-            method: str,
-            path: str,
-            *,
-            json: dict[str, Any] | None = None,
-            params: dict[str, str | int] | None = None,
-            extra_timeout: float = 0.0,
-        ) -> httpx.Response: ...
 
     # -- API keys ------------------------------------------------------------------
 
