@@ -86,9 +86,10 @@ A_NAMES = (
 )
 #: What a refused attempt may answer: not found, or the 403 B's role gets for any value.
 REFUSALS = {403, 404}
-#: What a refused sign-in may answer (no caller: nothing to hide behind a 404);
-#: 503: the token's issuer (unreachable here) could not be asked for its keys.
-SIGN_IN_REFUSALS = {400, 401, 403, 503}
+#: What a refused sign-in may answer (no caller: nothing to hide behind a 404).
+#: Not 503: a workload token whose issuer cannot be reached gets the same 400 as
+#: one no tenant trusts, or the answer would tell which issuers tenants trust.
+SIGN_IN_REFUSALS = {400, 401, 403}
 #: Routes no tenant principal gets past the policy on: B gets the same 403 for any value.
 PLATFORM_ONLY = {("POST", "/v1/tenants")}
 #: Listings asked for more than the caller's tenant: refused, never a line of A's.
