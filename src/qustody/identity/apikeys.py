@@ -31,11 +31,11 @@ from qustody.domain.ids import PrincipalId, TenantId, looks_like_id, new_id
 from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.identity.errors import ExpiredToken, InvalidToken, MalformedToken, RevokedToken
-from qustody.identity.tokens import assurance, aware, cut_off, parse_scopes, roles_of
+from qustody.identity.tokens import assurance, cut_off, parse_scopes, roles_of
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import SYSTEM, Database, tenant
+from qustody.storage.db import SYSTEM, Database, tenant, utc
 
 PREFIX = "qst_"
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -151,11 +151,11 @@ def _info(row: m.ApiKey, principal_name: str) -> ApiKeyInfo:
         principal_id=row.principal_id,
         principal_name=principal_name,
         scopes=tuple(row.scopes.split()),
-        created_at=aware(row.created_at) or row.created_at,
+        created_at=utc(row.created_at) or row.created_at,
         created_by=row.created_by,
-        expires_at=aware(row.expires_at) or row.expires_at,
-        revoked_at=aware(row.revoked_at),
-        last_used_at=aware(row.last_used_at),
+        expires_at=utc(row.expires_at) or row.expires_at,
+        revoked_at=utc(row.revoked_at),
+        last_used_at=utc(row.last_used_at),
     )
 
 
@@ -339,7 +339,7 @@ class ApiKeyService:
                 raise InvalidToken("Qustody has no record of this API key.")
             if row.revoked_at is not None or cut_off(row.created_at, row):
                 raise RevokedToken("the API key was revoked; ask your tenant admin for a new one.")
-            expires = aware(row.expires_at)
+            expires = utc(row.expires_at)
             if expires is None or expires <= now:
                 raise ExpiredToken(
                     "the API key has expired; ask your tenant admin for a new one "
@@ -348,7 +348,7 @@ class ApiKeyService:
             if not row.active:
                 raise RevokedToken("the API key's principal is deactivated; ask your tenant admin.")
             tenant_roles, project_roles = roles_of(connection, row.principal_id)
-        last_used = aware(row.last_used_at)
+        last_used = utc(row.last_used_at)
         if last_used is None or now - last_used >= LAST_USED_EVERY:
             self._touch(row.id, row.tenant_id, now)
         return Principal(

@@ -61,7 +61,7 @@ from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import SYSTEM, Database
+from qustody.storage.db import SYSTEM, Database, utc
 from qustody.storage.db import tenant as tenant_scope
 
 #: Sealed fields of a principal: the TOTP secret in force, and one awaiting confirmation.
@@ -577,12 +577,8 @@ def _delete_sealed(session: Session, principal_id: str, field_name: str) -> None
 
 
 def _locked(account: Row[Any], now: datetime) -> bool:
-    until = account.locked_until
-    if until is None:
-        return False
-    if until.tzinfo is None:  # SQLite returns naive datetimes; they are UTC
-        until = until.replace(tzinfo=UTC)
-    return bool(until > now)
+    until = utc(account.locked_until)
+    return until is not None and until > now
 
 
 def _count_failure(session: Session, principal_id: str, now: datetime) -> None:

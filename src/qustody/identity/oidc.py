@@ -79,7 +79,7 @@ from qustody.identity.external_jwt import (
 )
 from qustody.identity.tokens import MFA_METHODS, IssuedToken, SignIn, TokenService, assurance
 from qustody.storage import models as m
-from qustody.storage.db import SYSTEM, Database
+from qustody.storage.db import SYSTEM, Database, utc
 
 log = logging.getLogger("qustody.oidc")
 
@@ -376,10 +376,6 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _unverified_issuer(token: str) -> str:
     """The ``iss`` of a JWT, read before verification only to pick the
     provider whose keys then verify it."""
@@ -554,7 +550,7 @@ class OidcService:
             login = session.get(m.LoginRequest, state)
             if login is None or getattr(taken, "rowcount", 0) != 1:
                 raise InvalidLoginState(f"the sign-in was already used or is unknown; {again}")
-            if _aware(login.expires_at) <= now:
+            if utc(login.expires_at) <= now:
                 raise InvalidLoginState(f"the sign-in expired; {again}")
             session.expunge(login)
             return login

@@ -28,7 +28,7 @@ from qustody.domain.vocabulary import Action
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import Database
+from qustody.storage.db import Database, utc
 
 #: A cut-off this far in the future (client clocks run ahead) counts as now.
 CLOCK_LEEWAY = timedelta(seconds=60)
@@ -48,14 +48,8 @@ class Revoked:
     api_keys: int
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _later(current: datetime | None, cut: datetime) -> datetime:
-    current = _aware(current)
+    current = utc(current)
     return cut if current is None or cut > current else current
 
 

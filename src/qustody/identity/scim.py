@@ -78,7 +78,7 @@ from qustody.identity.scim_resources import (
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import Database
+from qustody.storage.db import Database, utc
 
 #: A deleted user's name: a prefix no principal name can start with, and its id.
 TOMBSTONE = "~deleted:"
@@ -504,8 +504,8 @@ class ScimService:
     ) -> Meta:
         return Meta(
             resource_type=kind,
-            created=_aware(created),
-            last_modified=_aware(updated or created),
+            created=utc(created),
+            last_modified=utc(updated or created),
             location=f"{self.base_url}/{kind}s/{resource_id}",
             version=etag(version),
         )
@@ -785,11 +785,6 @@ class ScimService:
 
 def _tenant(caller: Principal) -> Guarded:
     return Guarded("tenant", caller.tenant_id, caller.tenant_id)
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite returns naive datetimes; they are UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _refuse_self(caller: Principal, principal_id: str) -> None:

@@ -45,7 +45,7 @@ from qustody.identity.errors import (
     RevokedToken,
 )
 from qustody.storage import models as m
-from qustody.storage.db import Database, tenant
+from qustody.storage.db import Database, tenant, utc
 
 ALGORITHM = "Ed25519"
 #: The JOSE ``typ`` of a Qustody access token (RFC 9068).
@@ -193,13 +193,6 @@ class SignIn:
     acr: str | None = None
     amr: tuple[str, ...] = ()
     auth_time: datetime | None = None
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; they are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def parse_scopes(scopes: Iterable[str] | None) -> tuple[str, ...]:
@@ -383,7 +376,7 @@ class TokenService:
             auth_strength=assurance(amr),
             acr=row.acr,
             amr=amr,
-            auth_time=aware(row.auth_time),
+            auth_time=utc(row.auth_time),
             # The thumbprint the token is bound to: the API layer verifies this
             # request's DPoP proof against it before the principal goes further.
             dpop_jkt=row.jkt,
@@ -413,9 +406,9 @@ def cut_off(issued_at: datetime | None, row: Any) -> bool:
     """Whether a credential issued at ``issued_at`` predates its principal's or
     tenant's revocation cut-off (``row.principal_not_before``,
     ``row.tenant_not_before``)."""
-    issued = aware(issued_at)
+    issued = utc(issued_at)
     for cut in (row.principal_not_before, row.tenant_not_before):
-        cut = aware(cut)
+        cut = utc(cut)
         if cut is not None and issued is not None and issued < cut:
             return True
     return False

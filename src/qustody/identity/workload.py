@@ -72,7 +72,7 @@ from qustody.identity.tokens import IssuedToken, SignIn, TokenService, parse_sco
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import SYSTEM, Database, tenant, tenant_scope
+from qustody.storage.db import SYSTEM, Database, tenant, tenant_scope, utc
 
 #: A rule's token lives at most this long, whatever else is configured.
 MAX_TTL_SECONDS = 900
@@ -239,10 +239,6 @@ class Exchanged:
     token_type: str
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _info(row: m.TrustRule, principal_name: str) -> TrustRuleInfo:
     return TrustRuleInfo(
         id=row.id,
@@ -255,7 +251,7 @@ def _info(row: m.TrustRule, principal_name: str) -> TrustRuleInfo:
         scopes=tuple(row.scopes.split()),
         ttl_seconds=row.ttl_seconds,
         enabled=row.enabled,
-        created_at=_aware(row.created_at),
+        created_at=utc(row.created_at),
         created_by=row.created_by,
     )
 

@@ -38,7 +38,7 @@ from qustody.policy.errors import InvalidPolicy, PolicyError
 from qustody.policy.guard import Guard, not_found
 from qustody.policy.misses import records_misses
 from qustody.storage import models as m
-from qustody.storage.db import Database, tenant
+from qustody.storage.db import Database, tenant, utc
 
 log = logging.getLogger("qustody.policy")
 
@@ -206,7 +206,7 @@ class TenantPolicies:
                 .order_by(_T.c.version.desc())
             ).all()
         return [
-            PolicyVersion(r.version, "", r.sha256, r.comment, _aware(r.created_at), r.created_by)
+            PolicyVersion(r.version, "", r.sha256, r.comment, utc(r.created_at), r.created_by)
             for r in rows
         ]
 
@@ -317,20 +317,13 @@ def _tenant(caller: Principal) -> Resource:
     return Resource("tenant", caller.tenant_id, caller.tenant_id)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; they are UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _row_version(row: object) -> PolicyVersion:
     return PolicyVersion(
         int(getattr(row, "version")),  # noqa: B009 - a Row, typed as object here
         str(getattr(row, "text")),  # noqa: B009
         str(getattr(row, "sha256")),  # noqa: B009
         getattr(row, "comment"),  # noqa: B009
-        _aware(getattr(row, "created_at")),  # noqa: B009
+        utc(getattr(row, "created_at")),  # noqa: B009
         getattr(row, "created_by"),  # noqa: B009
     )
 
