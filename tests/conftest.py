@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from qustody.api.app import Runtime, build_runtime
 from qustody.storage.db import Database
@@ -86,15 +86,52 @@ def postgres_admin_dsn(postgres_server: str) -> str:
     return PG_ADMIN_DSN
 
 
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: str) -> Iterator[str]:
+    """A database of this run's role, migrated once, that each test copies
+    (``CREATE DATABASE … TEMPLATE`` takes ~0.07 s where migrating a fresh
+    schema takes ~0.7 s). Yields its name."""
+    url = make_url(postgres_server)
+    name = f"{url.database}_template"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(str(url.username))
+            )
+        )
+    template = Database(url.set(database=name).render_as_string(hide_password=False))
+    template.migrate()
+    template.dispose()  # a template may have no connections while it is copied
+    try:
+        yield name
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
-def postgres_url(postgres_server: str) -> Iterator[str]:
-    """An empty schema-less database per test: tables are dropped after each test."""
-    yield postgres_server
-    with psycopg.connect(
-        postgres_server.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True
-    ) as conn:
-        conn.execute("DROP SCHEMA public CASCADE")
-        conn.execute("CREATE SCHEMA public")
+def postgres_url(postgres_server: str, postgres_template: str) -> Iterator[str]:
+    """A database of its own per test, at the newest schema (a copy of the
+    run's migrated template), dropped afterwards."""
+    url = make_url(postgres_server)
+    name = f"{url.database}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(name),
+                sql.Identifier(postgres_template),
+                sql.Identifier(str(url.username)),
+            )
+        )
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
