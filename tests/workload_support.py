@@ -10,13 +10,11 @@ tests run on both.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +23,19 @@ import uvicorn
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
+from jwks_issuer import LoopbackIssuer
 from qustody.api.app import Runtime, build_runtime, create_app
 from support import Tenancy, make_settings, seed
 
 CI_AUDIENCE = "https://qustody.example/acme"
 
 
-class CiIssuer:
-    """An OIDC issuer on loopback: discovery, JWKS, and tokens like GitHub Actions'."""
+class CiIssuer(LoopbackIssuer):
+    """A CI platform's issuer on loopback, with tokens like GitHub Actions'."""
 
     def __init__(self) -> None:
         self.key = RSAKey.generate_key(2048, parameters={"kid": "ci-1", "use": "sig"})
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    body: dict[str, Any] = {
-                        "issuer": issuer.url,
-                        "jwks_uri": issuer.url + "/.well-known/jwks",
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }
-                elif self.path == "/.well-known/jwks":
-                    body = {"keys": [issuer.key.as_dict(private=False)]}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__([self.key], {"id_token_signing_alg_values_supported": ["RS256"]})
 
     def token(
         self,

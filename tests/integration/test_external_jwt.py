@@ -6,18 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from joserfc import jwt
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from jwks_issuer import LoopbackIssuer
 from qustody.domain.errors import ConfigurationError
 from qustody.identity.errors import (
     DisallowedAlgorithm,
@@ -36,46 +34,8 @@ from qustody.identity.external_jwt import JwtVerifier, check_url
 AUDIENCE = "qustody-test"
 
 
-class Issuer:
-    """A minimal issuer: discovery metadata and a JWKS the test can change."""
-
-    def __init__(self) -> None:
-        self.keys: list[RSAKey | ECKey | OKPKey] = []
-        self.jwks_fetches = 0
-        self.metadata_issuer: str | None = None
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    body: dict[str, Any] = {
-                        "issuer": issuer.metadata_issuer or issuer.url,
-                        "jwks_uri": issuer.url + "/jwks",
-                    }
-                elif self.path == "/jwks":
-                    issuer.jwks_fetches += 1
-                    body = {"keys": [k.as_dict(private=False) for k in issuer.keys]}
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+class Issuer(LoopbackIssuer):
+    """A minimal issuer whose keys and metadata the test changes."""
 
     def sign(
         self,
