@@ -453,14 +453,15 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> ScimResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(
-            str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")
-        )
-        refusal = InvalidSyntax(
-            "the request body is not a JSON object (or a parameter is malformed"
-            + (f": {where}" if where else "")
-            + "); send a SCIM message as application/scim+json."
-        )
+        location = tuple(first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            # The location is ("body", <character offset>).
+            at = f" at character {location[-1]}" if len(location) > 1 else ""
+            problem = f"the request body is not valid JSON{at}"
+        else:
+            where = ".".join(str(p) for p in location if p not in ("body", "query", "header"))
+            problem = f"{where or 'the request'} is malformed: {first.get('msg', 'not accepted')}"
+        refusal = InvalidSyntax(f"{problem}; send a SCIM message as application/scim+json.")
         return error_response(
             request,
             status=400,
