@@ -278,6 +278,16 @@ def _tenant_rows(connection: object, tenant_id: str, principal_id: str, project_
                 "created_by": principal_id,
             },
         ),
+        (
+            m.ALERTS,
+            {
+                "id": f"alr_{short}",
+                "tenant_id": tenant_id,
+                "kind": "budget.threshold",
+                "payload": {"threshold": 80},
+                "created_at": now,
+            },
+        ),
     ]
     for table, values in rows:
         connection.execute(insert(table), values)  # type: ignore[attr-defined]

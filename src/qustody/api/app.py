@@ -42,6 +42,7 @@ from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
 from qustody.audit.log import AuditLog, Checkpointer, default_origin, load_log_signer
 from qustody.audit.recorder import Actor, Target, record
+from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import InsecureDevelopmentWarning
 from qustody.domain.ids import new_request_id
 from qustody.domain.vocabulary import Action
@@ -83,6 +84,8 @@ class Runtime:
     services: Services
     keys: KeyService
     notifier: Notifier
+    #: The time every governance rule reads (a ManualClock in tests).
+    clock: Clock = SYSTEM_CLOCK
 
     def make_checkpointer(self) -> Checkpointer:
         """The thread that signs checkpoints as the audit log grows (run by workers)."""
@@ -111,6 +114,7 @@ class Runtime:
             slots=slots or settings.worker_slots,
             lease_seconds=settings.lease_seconds,
             idle_poll_seconds=settings.idle_poll_seconds,
+            clock=self.clock,
         )
         return worker, sandbox
 
@@ -120,7 +124,9 @@ class Runtime:
         self.services.db.dispose()
 
 
-def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
+def build_runtime(
+    settings: Settings, *, listen: bool = False, clock: Clock = SYSTEM_CLOCK
+) -> Runtime:
     settings.check()
     development = settings.mode != "production"
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -165,6 +171,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
         notifier,
         validate_circuit,
         CircuitLimits(),
+        clock=clock,
     )
     signer = load_log_signer(
         settings.resolved_audit_key_file,
@@ -210,7 +217,7 @@ def build_runtime(settings: Settings, *, listen: bool = False) -> Runtime:
             db, guard, tokens, keys, enabled=settings.local_accounts_enabled
         ),
     )
-    return Runtime(services, keys, notifier)
+    return Runtime(services, keys, notifier, clock)
 
 
 def _record_configuration(db: Database, settings: Settings) -> None:

@@ -72,6 +72,11 @@ class Transition(Response):
     reason: str | None
 
 
+class JobWarning(Response):
+    code: str
+    detail: str
+
+
 class Job(Response):
     id: str
     tenant_id: str
@@ -90,6 +95,14 @@ class Job(Response):
     name: str | None = None
     labels: dict[str, str] = {}
     transitions: list[Transition] | None = None
+    priority: int = 0
+    session_id: str | None = None
+    approval_id: str | None = None
+    #: Micro-units of the platform's currency (1 000 000 = one unit).
+    estimated_cost: int | None = None
+    cost: int | None = None
+    #: Present in the answer to a submission: e.g. a quota 80 % used.
+    warnings: list[JobWarning] = []
 
     @classmethod
     def of(cls, job: JobView) -> Job:
@@ -127,6 +140,12 @@ class Job(Response):
                 )
                 for t in job.transitions
             ],
+            priority=job.priority,
+            session_id=job.session_id,
+            approval_id=job.approval_id,
+            estimated_cost=job.estimated_cost,
+            cost=job.cost,
+            warnings=[JobWarning(code=code, detail=detail) for code, detail in job.warnings],
         )
 
 

@@ -79,6 +79,54 @@ class Action(StrEnum):
     # backends
     BACKEND_LIST = "backend:list"
     BACKEND_READ = "backend:read"
+    # backend operations (platform operators): pause, resume, maintenance windows
+    BACKEND_PAUSE = "backend:pause"
+    BACKEND_RESUME = "backend:resume"
+    BACKEND_MAINTAIN = "backend:maintain"
+    # governance: quotas and usage
+    USAGE_READ = "usage:read"
+    QUOTA_SET = "quota:set"
+    QUOTA_EXCEED = "quota:exceed"  # a submission refused by a quota (recorded by the system)
+    # governance: rate limits
+    RATELIMIT_EXCEED = "ratelimit:exceed"
+    # governance: costs and spending limits
+    COST_SET = "cost:set"  # a backend's price list (platform)
+    BUDGET_SET = "budget:set"
+    BUDGET_READ = "budget:read"
+    BUDGET_ALERT = "budget:alert"
+    # governance: alert delivery (signed webhooks)
+    WEBHOOK_SET = "webhook:set"
+    WEBHOOK_LIST = "webhook:list"
+    WEBHOOK_DELETE = "webhook:delete"
+    ALERT_SEND = "alert:send"
+    # governance: approvals (N-of-M, never by the requester)
+    APPROVAL_REQUEST = "approval:request"
+    APPROVAL_READ = "approval:read"
+    APPROVAL_LIST = "approval:list"
+    APPROVAL_APPROVE = "approval:approve"
+    APPROVAL_DENY = "approval:deny"
+    APPROVAL_CANCEL = "approval:cancel"
+    APPROVAL_EXPIRE = "approval:expire"
+    APPROVAL_USE = "approval:use"
+    # governance: just-in-time elevation and break-glass
+    ELEVATION_REQUEST = "elevation:request"
+    ELEVATION_LIST = "elevation:list"
+    ELEVATION_ACTIVATE = "elevation:activate"
+    ELEVATION_REVOKE = "elevation:revoke"
+    ELEVATION_EXPIRE = "elevation:expire"
+    BREAKGLASS_INVOKE = "breakglass:invoke"
+    BREAKGLASS_REVIEW = "breakglass:review"
+    BREAKGLASS_LIST = "breakglass:list"
+    # governance: reservations and sessions
+    RESERVATION_CREATE = "reservation:create"
+    RESERVATION_LIST = "reservation:list"
+    RESERVATION_CANCEL = "reservation:cancel"
+    SESSION_CREATE = "session:create"
+    SESSION_READ = "session:read"
+    SESSION_CLOSE = "session:close"
+    SESSION_EXPIRE = "session:expire"
+    # the queue, as a tenant may see it (its own positions, a backend's load)
+    QUEUE_READ = "queue:read"
     # jobs, as requested by callers
     JOB_SUBMIT = "job:submit"
     JOB_LIST = "job:list"
@@ -92,6 +140,8 @@ class Action(StrEnum):
     JOB_START = "job:start"
     JOB_COMPLETE = "job:complete"
     JOB_FAIL = "job:fail"
+    JOB_HOLD = "job:hold"  # waiting for approval before it may queue
+    JOB_ESTIMATE = "job:estimate"
 
     @property
     def resource(self) -> str:
@@ -120,6 +170,9 @@ class DataClass(StrEnum):
 class JobState(StrEnum):
     SUBMITTED = "submitted"
     VALIDATED = "validated"
+    #: Held until enough approvers approve (then ``queued``), or denied or
+    #: expired (then ``rejected``), or withdrawn (``cancelled``).
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -137,7 +190,10 @@ _TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, 
 #: The lifecycle as a graph: a transition not listed here is a bug.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SUBMITTED: frozenset({JobState.VALIDATED, JobState.REJECTED}),
-    JobState.VALIDATED: frozenset({JobState.QUEUED, JobState.CANCELLED}),
+    JobState.VALIDATED: frozenset(
+        {JobState.QUEUED, JobState.AWAITING_APPROVAL, JobState.CANCELLED}
+    ),
+    JobState.AWAITING_APPROVAL: frozenset({JobState.QUEUED, JobState.REJECTED, JobState.CANCELLED}),
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
     JobState.RUNNING: frozenset(
         {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
@@ -152,6 +208,7 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 TRANSITION_EVENT: dict[JobState, Action] = {
     JobState.SUBMITTED: Action.JOB_SUBMIT,
     JobState.VALIDATED: Action.JOB_VALIDATE,
+    JobState.AWAITING_APPROVAL: Action.JOB_HOLD,
     JobState.QUEUED: Action.JOB_QUEUE,
     JobState.RUNNING: Action.JOB_START,
     JobState.COMPLETED: Action.JOB_COMPLETE,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import (
@@ -25,6 +26,7 @@ from qustody.audit.recorder import (
     record,
     record_rows,
 )
+from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import InvalidRequest, QustodyError
 from qustody.domain.ids import ProjectId, TenantId, looks_like_id, new_job_id
 from qustody.domain.models import (
@@ -44,6 +46,7 @@ from qustody.domain.vocabulary import (
     Role,
 )
 from qustody.executors.registry import BackendRegistry
+from qustody.governance.admission import AdmissionCheck, Admitted, Submission
 from qustody.identity.admin import AdminService
 from qustody.jobs.circuits import CircuitLimits, check_against_backend
 from qustody.jobs.errors import JobNotFinished
@@ -81,6 +84,10 @@ class SubmitRequest:
     seed: int | None = None
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: Higher runs first among the tenant's own queued jobs.
+    priority: int = 0
+    #: A session (``ses_...``) the job joins.
+    session: str | None = None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -181,6 +188,7 @@ def view(
     job: m.Job,
     transitions: list[m.JobTransition] | None = None,
     metadata: Mapping[str, object] | None = None,
+    warnings: tuple[tuple[str, str], ...] = (),
 ) -> JobView:
     labels = (metadata or {}).get("labels") or {}
     name = (metadata or {}).get("name")
@@ -212,6 +220,12 @@ def view(
         else tuple(
             TransitionView(t.from_state, t.to_state, t.at, t.actor, t.reason) for t in transitions
         ),
+        priority=job.priority or 0,
+        session_id=job.session_id,
+        approval_id=job.approval_id,
+        estimated_cost=job.estimated_cost,
+        cost=job.cost,
+        warnings=warnings,
     )
 
 
@@ -226,6 +240,9 @@ class JobService:
         notifier: Notifier,
         validate: CircuitValidator,
         limits: CircuitLimits,
+        *,
+        admission: Sequence[AdmissionCheck] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
         self._guard = guard
@@ -235,6 +252,9 @@ class JobService:
         self._notifier = notifier
         self._validate = validate
         self._limits = limits
+        #: Governance checks run in the submission's transaction (quotas, budgets, sessions).
+        self.admission: list[AdmissionCheck] = list(admission)
+        self._clock = clock
         #: Project id -> data class, for policies on jobs (a project's class never changes).
         self._data_classes: dict[str, str] = {}
 
@@ -266,7 +286,7 @@ class JobService:
             request,
             context=submission_context(backend.info, qubits=qubits, shots=spec.shots),
         )
-        now = datetime.now(UTC)
+        now = self._clock.now()
         job = m.Job(
             id=new_job_id(),
             tenant_id=caller.tenant_id,
@@ -286,6 +306,8 @@ class JobService:
             updated_at=now,
             attempts=0,
             cancel_requested=False,
+            priority=spec.priority,
+            session_id=spec.session,
         )
         metadata = _metadata_bytes(spec)
         submitted = event_row(
@@ -322,36 +344,94 @@ class JobService:
             "at": now,
         }
         job.state = str(transitions[-1]["to_state"])
-        # One transaction: the job, its sealed circuit, its transitions and
-        # their audit events, as Core inserts on a bare connection (the ORM's
-        # unit of work costs more than the rest of a submission).
-        with self._db.writing() as connection:
-            connection.execute(_INSERT_JOB, {c.key: getattr(job, c.key) for c in m.JOBS.c})
-            if info is not None:
-                self._keys.seal(
-                    connection,
-                    KeyScope(job.tenant_id, job.project_id, Purpose.PAYLOAD),
-                    job.id,
-                    CIRCUIT_FIELD,
-                    source,
-                    plaintext_sha256=digest,
-                )
-            if metadata is not None:
-                self._keys.seal(
-                    connection,
-                    KeyScope(job.tenant_id, job.project_id, Purpose.METADATA),
-                    job.id,
-                    METADATA_FIELD,
-                    metadata,
-                )
-            connection.execute(_INSERT_TRANSITIONS, [first, *transitions])
-            record_rows(connection, [submitted, *events])
-        result = view(job, metadata={"name": spec.name, "labels": dict(spec.labels)})
+        admitted = Admitted()
+        # One transaction: the governance checks (quotas, budgets, sessions),
+        # the job, its sealed circuit, its transitions and their audit
+        # events, as Core inserts on a bare connection (the ORM's unit of
+        # work costs more than the rest of a submission).
+        try:
+            with self._db.writing() as connection:
+                if refusal is None and self.admission:
+                    self._admit(connection, caller, job, backend.info, admitted)
+                connection.execute(_INSERT_JOB, {c.key: getattr(job, c.key) for c in m.JOBS.c})
+                if info is not None:
+                    self._keys.seal(
+                        connection,
+                        KeyScope(job.tenant_id, job.project_id, Purpose.PAYLOAD),
+                        job.id,
+                        CIRCUIT_FIELD,
+                        source,
+                        plaintext_sha256=digest,
+                    )
+                if metadata is not None:
+                    self._keys.seal(
+                        connection,
+                        KeyScope(job.tenant_id, job.project_id, Purpose.METADATA),
+                        job.id,
+                        METADATA_FIELD,
+                        metadata,
+                    )
+                connection.execute(_INSERT_TRANSITIONS, [first, *transitions])
+                record_rows(connection, [submitted, *events])
+        except QustodyError as error:
+            if error.status >= 500:
+                raise
+            self._record_refusal(caller, request, job, error)
+            raise
+        result = view(
+            job,
+            metadata={"name": spec.name, "labels": dict(spec.labels)},
+            warnings=tuple((n.code, n.detail) for n in admitted.notices),
+        )
         if refusal is not None:
             refusal.extra["job_id"] = job.id
             raise refusal
         self._notifier.notify()
         return result
+
+    def _admit(
+        self,
+        connection: Connection,
+        caller: Principal,
+        job: m.Job,
+        backend: BackendInfo,
+        admitted: Admitted,
+    ) -> None:
+        """Run the governance checks on ``job`` inside its insert's transaction;
+        the values they set (``estimated_cost``) go on the job."""
+        submission = Submission(
+            caller=caller,
+            tenant_id=job.tenant_id,
+            project_id=job.project_id,
+            backend=backend,
+            shots=job.shots,
+            num_qubits=job.num_qubits,
+            priority=job.priority,
+            session_id=job.session_id,
+            at=job.created_at,
+            state=job.state,
+        )
+        for check in self.admission:
+            check.admit(connection, submission, admitted)
+        for column, value in admitted.values.items():
+            setattr(job, column, value)
+
+    def _record_refusal(
+        self, caller: Principal, request: RequestContext, job: m.Job, error: QustodyError
+    ) -> None:
+        """A submission a governance check refused: recorded as a denied
+        ``job:submit`` in its own transaction (the job's rolled back)."""
+        with self._db.writing() as connection:
+            record(
+                connection,
+                Action.JOB_SUBMIT,
+                actor=Actor.of(caller),
+                outcome="denied",
+                target=Target("project", job.project_id, job.tenant_id),
+                request=request,
+                payload_sha256=job.circuit_sha256,
+                reason=f"{error.code}: backend={job.backend} shots={job.shots}",
+            )
 
     # -- reads --------------------------------------------------------------------
 
@@ -535,7 +615,7 @@ class JobService:
         with self._db.read() as session:
             job = self._load(session, caller, job_id)
         decision = self._guard.check(caller, Action.JOB_CANCEL, self._resource(job), request)
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             job = self._load(session, caller, job_id)
             state = JobState(job.state)

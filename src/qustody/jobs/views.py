@@ -42,6 +42,16 @@ class JobView:
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     transitions: tuple[TransitionView, ...] | None = None
+    priority: int = 0
+    session_id: str | None = None
+    #: The approval request it waits for (state ``awaiting_approval``).
+    approval_id: str | None = None
+    #: In micro-units of the platform's currency.
+    estimated_cost: int | None = None
+    cost: int | None = None
+    #: What the submitter should know though the job was accepted, as
+    #: (code, detail) pairs; only in the answer to the submission.
+    warnings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

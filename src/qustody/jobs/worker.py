@@ -25,13 +25,14 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from qustody.audit.recorder import Actor
+from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import QustodyError
 from qustody.domain.ids import JobId, new_id
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
@@ -72,11 +73,13 @@ class Worker:
         lease_seconds: float = 30.0,
         idle_poll_seconds: float = 5.0,
         worker_id: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
         self._keys = keys
         self._sandbox = sandbox
         self._notifier = notifier
+        self._clock = clock
         self.slots = slots
         self.lease = timedelta(seconds=lease_seconds)
         self._idle_poll = idle_poll_seconds
@@ -137,7 +140,7 @@ class Worker:
     # -- steps (public so tests can drive them one at a time) ---------------------
 
     def claim(self) -> Claimed | None:
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             job = session.scalar(
                 select(m.Job)
@@ -201,7 +204,7 @@ class Worker:
 
     def _give_back(self, claimed: Claimed) -> None:
         """Re-queue a job this worker stopped on shutdown (fenced like ``_finish``)."""
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             job = session.scalar(
                 select(m.Job).where(
@@ -230,7 +233,7 @@ class Worker:
         *,
         queued_at: datetime | None = None,
     ) -> None:
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             job = session.scalar(
                 select(m.Job).where(
@@ -316,7 +319,7 @@ class Worker:
             running = list(self._running)
         if not running:
             return
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             session.execute(
                 update(m.Job)
@@ -333,7 +336,7 @@ class Worker:
 
     def requeue_expired(self) -> int:
         """Put back jobs whose worker stopped renewing its lease."""
-        now = datetime.now(UTC)
+        now = self._clock.now()
         cancelled = 0
         with self._db.write() as session:
             stale = session.scalars(

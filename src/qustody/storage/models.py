@@ -147,7 +147,7 @@ class Job(Base):
     principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
     backend: Mapped[str] = mapped_column(String(64))
     shots: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(24))
     circuit_format: Mapped[str] = mapped_column(String(16))
     circuit_sha256: Mapped[str] = mapped_column(String(64))
     num_qubits: Mapped[int] = mapped_column(Integer)
@@ -166,6 +166,16 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Higher runs first among the same tenant's queued jobs (0 by default).
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The session (a hybrid loop's jobs under one principal) it belongs to.
+    session_id: Mapped[str | None] = mapped_column(Id, nullable=True, index=True)
+    #: The approval request a held job waits for (state ``awaiting_approval``).
+    approval_id: Mapped[str | None] = mapped_column(Id, nullable=True)
+    #: Cost in micro-units of the platform's currency: estimated before it
+    #: runs, and as charged once it has run.
+    estimated_cost: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cost: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class JobTransition(Base):
@@ -173,8 +183,8 @@ class JobTransition(Base):
     id: Mapped[int] = mapped_column(Seq, primary_key=True)
     job_id: Mapped[str] = mapped_column(Id, ForeignKey("jobs.id"), index=True)
     tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
-    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    to_state: Mapped[str] = mapped_column(String(16))
+    from_state: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(24))
     actor: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     at: Mapped[datetime] = mapped_column(Timestamp)
@@ -490,6 +500,32 @@ class AuditCheckpoint(Base):
     issued_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class Alert(Base):
+    """An alert to deliver (budget thresholds, break-glass, ...): written in
+    the transaction of what raised it, so none is lost; delivered later by
+    signed webhook (``qustody.governance.alerts``)."""
+
+    __tablename__ = "alerts"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    #: None for platform alerts (for operators only).
+    tenant_id: Mapped[str | None] = mapped_column(Id, ForeignKey("tenants.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+
+
+# -- governance: quotas, usage, costs and budgets (revision 0008) -------------
+
+
+# -- governance: rate limits and webhook delivery (revision 0009) -------------
+
+
+# -- governance: approvals, elevation and break-glass (revision 0010) ---------
+
+
+# -- governance: scheduling, reservations and sessions (revision 0011) --------
+
+
 # The tables themselves, for Core inserts on hot paths (no ORM unit of work).
 AUDIT_EVENTS = cast(Table, AuditEvent.__table__)
 JOB_TRANSITIONS = cast(Table, JobTransition.__table__)
@@ -518,3 +554,8 @@ LOCAL_ACCOUNTS = cast(Table, LocalAccount.__table__)
 SCIM_GROUPS = cast(Table, ScimGroup.__table__)
 SCIM_GROUP_MEMBERS = cast(Table, ScimGroupMember.__table__)
 TENANT_POLICIES = cast(Table, TenantPolicy.__table__)
+ALERTS = cast(Table, Alert.__table__)
+# -- governance tables (0008) --
+# -- governance tables (0009) --
+# -- governance tables (0010) --
+# -- governance tables (0011) --

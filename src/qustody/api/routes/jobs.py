@@ -40,7 +40,7 @@ def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> 
 def list_jobs(
     caller: CallerDep,
     request: Request,
-    state: Annotated[str | None, Query(max_length=16)] = None,
+    state: Annotated[str | None, Query(max_length=24)] = None,
     backend: Annotated[str | None, Query(max_length=64)] = None,
     project: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
