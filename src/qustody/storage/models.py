@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -140,6 +141,10 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_jobs_state_queued_at", "state", "queued_at"),
+        # The scheduler's view of the queue: whose jobs wait, for which backend.
+        Index("ix_jobs_state_tenant_id_backend", "state", "tenant_id", "backend", "project_id"),
+        # Quotas per day and budgets per period count a tenant's jobs since a time.
+        Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
@@ -517,13 +522,253 @@ class Alert(Base):
 # -- governance: quotas, usage, costs and budgets (revision 0008) -------------
 
 
+class Quota(Base):
+    """A limit on one metric (``qustody.governance.quotas.Metric``) for a
+    tenant as a whole, one of its projects, or its use of one backend."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("tenant_id", "scope", "metric"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    #: ``tenant``, ``project:<project id>`` or ``backend:<backend name>``.
+    scope: Mapped[str] = mapped_column(String(80))
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    backend: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metric: Mapped[str] = mapped_column(String(32))
+    maximum: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class BackendPrice(Base):
+    """One version of a backend's price, in force from ``effective_at`` until
+    the next version's; a job is charged at the version in force when it was
+    submitted. Amounts in micro-units of the platform's currency."""
+
+    __tablename__ = "backend_prices"
+    __table_args__ = (UniqueConstraint("backend", "effective_at"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    backend: Mapped[str] = mapped_column(String(64), index=True)
+    per_task: Mapped[int] = mapped_column(BigInteger)
+    per_shot: Mapped[int] = mapped_column(BigInteger)
+    per_second: Mapped[int] = mapped_column(BigInteger)
+    #: For per-second prices, the estimate's model: overhead + shots x time per shot.
+    shot_microseconds: Mapped[int] = mapped_column(BigInteger)
+    overhead_microseconds: Mapped[int] = mapped_column(BigInteger)
+    effective_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class Budget(Base):
+    """A spending limit for a tenant, one of its projects or its use of one
+    backend, per day, week or month of the tenant's time zone."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (UniqueConstraint("tenant_id", "scope", "period"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    #: ``tenant``, ``project:<project id>`` or ``backend:<backend name>``.
+    scope: Mapped[str] = mapped_column(String(80))
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    backend: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    period: Mapped[str] = mapped_column(String(8))
+    maximum: Mapped[int] = mapped_column(BigInteger)
+    #: Percentages whose crossing raises one alert per period (``[50, 80, 100]``).
+    thresholds: Mapped[list[int]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class BudgetCrossing(Base):
+    """A budget threshold crossed in one period: its alert was raised once."""
+
+    __tablename__ = "budget_crossings"
+    budget_id: Mapped[str] = mapped_column(Id, ForeignKey("budgets.id"), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(Timestamp, primary_key=True)
+    threshold: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    alert_id: Mapped[str] = mapped_column(Id)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 # -- governance: rate limits and webhook delivery (revision 0009) -------------
 
 
 # -- governance: approvals, elevation and break-glass (revision 0010) ---------
 
 
+class ApprovalRequest(Base):
+    """A request to do something a policy holds for approval (``@approvals``):
+    one action on one resource, a held job, or a just-in-time elevation.
+
+    ``state``: ``pending`` → ``approved`` (enough distinct approvers) →
+    ``used`` (an action request, spent once); or ``denied``, ``cancelled``,
+    ``expired``. A job's or an elevation's request ends at ``approved``.
+    """
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (Index("ix_approval_requests_state_expires_at", "state", "expires_at"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    #: ``action``, ``job`` or ``elevation``.
+    kind: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(Id, nullable=True)
+    requester_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(512))
+    ticket: Mapped[str] = mapped_column(String(128))
+    #: How many distinct approvers it needs (N of the tenant's M approvers).
+    required: Mapped[int] = mapped_column(Integer)
+    approvals: Mapped[int] = mapped_column(Integer, default=0)
+    #: The policies that held it (``@approvals`` forbids), comma-separated.
+    policy_ids: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    decided_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    used_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: An elevation: the role asked for, and for how long once approved.
+    role: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    duration_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ApprovalVote(Base):
+    """One approver's verdict on a request; one per approver (N-of-M counts
+    distinct approvers)."""
+
+    __tablename__ = "approval_votes"
+    __table_args__ = (UniqueConstraint("approval_id", "approver_id"),)
+    id: Mapped[int] = mapped_column(Seq, primary_key=True, autoincrement=True)
+    approval_id: Mapped[str] = mapped_column(Id, ForeignKey("approval_requests.id"))
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
+    approver_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
+    #: ``approve`` or ``deny``.
+    verdict: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class AccessGrant(Base):
+    """A role held for a bounded time: a just-in-time elevation once approved,
+    or a break-glass elevation taken at once. ``roles_of`` counts it while
+    ``starts_at <= now < expires_at`` and it is not revoked: it ends by
+    itself. ``expired_at`` only records that the expiry was audited."""
+
+    __tablename__ = "access_grants"
+    __table_args__ = (
+        Index("ix_access_grants_principal_id_expires_at", "principal_id", "expires_at"),
+    )
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
+    role: Mapped[str] = mapped_column(String(32))
+    #: None: the role tenant-wide.
+    project_id: Mapped[str | None] = mapped_column(Id, ForeignKey("projects.id"), nullable=True)
+    approval_id: Mapped[str | None] = mapped_column(Id, nullable=True)
+    breakglass: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(String(512))
+    ticket: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(Id, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    #: Break-glass: reviewed after the fact by another operator.
+    reviewed_by: Mapped[str | None] = mapped_column(Id, nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    review_notes: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
 # -- governance: scheduling, reservations and sessions (revision 0011) --------
+
+
+class BackendState(Base):
+    """A backend's operating state, set by platform admins: paused or not and
+    its concurrency limit. A reservation on a backend locks its row, so two
+    overlapping reservations cannot both be taken."""
+
+    __tablename__ = "backend_states"
+    backend: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Why it was paused (for the people whose jobs wait).
+    reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    #: At most this many of its jobs run at once; None: the deployment's default.
+    max_running: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    updated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class MaintenanceWindow(Base):
+    """A time during which no job starts on a backend (jobs still queue)."""
+
+    __tablename__ = "maintenance_windows"
+    __table_args__ = (Index("ix_maintenance_windows_backend_ends_at", "backend", "ends_at"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    ends_at: Mapped[datetime] = mapped_column(Timestamp)
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+    cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class SchedulerClock(Base):
+    """The fair queue's virtual time (one row, ``id`` 1): the start tag of the
+    last job started. Claims lock this row on PostgreSQL, so scheduling
+    decisions are taken one at a time, as SQLite's single writer does."""
+
+    __tablename__ = "scheduler_clock"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    virtual_time: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class TenantShare(Base):
+    """A tenant's share of the backends (``weight``, default 1) and the finish
+    tag of its last started job, for weighted fair queuing."""
+
+    __tablename__ = "tenant_shares"
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), primary_key=True)
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    finish_tag: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+class Reservation(Base):
+    """A backend held for one tenant during ``[starts_at, ends_at)``: only
+    that tenant's jobs start on it then."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (Index("ix_reservations_backend_ends_at", "backend", "ends_at"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(64))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    ends_at: Mapped[datetime] = mapped_column(Timestamp)
+    reason: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(Id)
+    cancelled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class JobSession(Base):
+    """A session: one principal's jobs on one backend (a hybrid loop), with a
+    maximum lifetime; once one of its jobs has started, the rest run ahead of
+    the tenant's other jobs."""
+
+    __tablename__ = "job_sessions"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    principal_id: Mapped[str] = mapped_column(Id, ForeignKey("principals.id"))
+    backend: Mapped[str] = mapped_column(String(64))
+    #: ``open``, ``closed`` or ``expired``.
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
 
 
 # The tables themselves, for Core inserts on hot paths (no ORM unit of work).
@@ -556,6 +801,19 @@ SCIM_GROUP_MEMBERS = cast(Table, ScimGroupMember.__table__)
 TENANT_POLICIES = cast(Table, TenantPolicy.__table__)
 ALERTS = cast(Table, Alert.__table__)
 # -- governance tables (0008) --
+QUOTAS = cast(Table, Quota.__table__)
+BACKEND_PRICES = cast(Table, BackendPrice.__table__)
+BUDGETS = cast(Table, Budget.__table__)
+BUDGET_CROSSINGS = cast(Table, BudgetCrossing.__table__)
 # -- governance tables (0009) --
 # -- governance tables (0010) --
+APPROVAL_REQUESTS = cast(Table, ApprovalRequest.__table__)
+APPROVAL_VOTES = cast(Table, ApprovalVote.__table__)
+ACCESS_GRANTS = cast(Table, AccessGrant.__table__)
 # -- governance tables (0011) --
+BACKEND_STATES = cast(Table, BackendState.__table__)
+MAINTENANCE_WINDOWS = cast(Table, MaintenanceWindow.__table__)
+SCHEDULER_CLOCK = cast(Table, SchedulerClock.__table__)
+TENANT_SHARES = cast(Table, TenantShare.__table__)
+RESERVATIONS = cast(Table, Reservation.__table__)
+JOB_SESSIONS = cast(Table, JobSession.__table__)
