@@ -595,6 +595,65 @@ class BudgetCrossing(Base):
 # -- governance: rate limits and webhook delivery (revision 0009) -------------
 
 
+class RateLimitBucket(Base):
+    """A brute-force bucket shared by every API process: the time (seconds
+    since the epoch) it is full again. ``key`` is a SHA-256 digest of the
+    limit and what it counts (an address, an account), never the value."""
+
+    __tablename__ = "rate_limit_buckets"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    full_at: Mapped[float] = mapped_column(Float, index=True)
+    #: Until when a refusal has been recorded (one audit event per window).
+    reported_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WebhookEndpoint(Base):
+    """Where alerts of a tenant (or, ``platform``, the operators') go; the
+    signing secret is sealed (``sealed_objects``, field ``webhook_secret``)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"), index=True)
+    platform: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    url: Mapped[str] = mapped_column(String(2048))
+    #: Kind patterns (``budget.*``, ``breakglass.invoked``); empty: every kind.
+    kinds: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    created_by: Mapped[str] = mapped_column(String(64))
+
+
+class WebhookFanout(Base):
+    """An alert already matched to the endpoints that want it."""
+
+    __tablename__ = "webhook_fanout"
+    alert_id: Mapped[str] = mapped_column(Id, ForeignKey("alerts.id"), primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(Id, nullable=True)
+    at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class WebhookDelivery(Base):
+    """One alert to one endpoint; its id is the ``webhook-id`` of every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "endpoint_id"),)
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    #: The endpoint's tenant.
+    tenant_id: Mapped[str] = mapped_column(Id, ForeignKey("tenants.id"))
+    alert_id: Mapped[str] = mapped_column(Id, ForeignKey("alerts.id"))
+    endpoint_id: Mapped[str] = mapped_column(
+        Id, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+
 # -- governance: approvals, elevation and break-glass (revision 0010) ---------
 
 
@@ -806,6 +865,10 @@ BACKEND_PRICES = cast(Table, BackendPrice.__table__)
 BUDGETS = cast(Table, Budget.__table__)
 BUDGET_CROSSINGS = cast(Table, BudgetCrossing.__table__)
 # -- governance tables (0009) --
+RATE_LIMIT_BUCKETS = cast(Table, RateLimitBucket.__table__)
+WEBHOOK_ENDPOINTS = cast(Table, WebhookEndpoint.__table__)
+WEBHOOK_FANOUT = cast(Table, WebhookFanout.__table__)
+WEBHOOK_DELIVERIES = cast(Table, WebhookDelivery.__table__)
 # -- governance tables (0010) --
 APPROVAL_REQUESTS = cast(Table, ApprovalRequest.__table__)
 APPROVAL_VOTES = cast(Table, ApprovalVote.__table__)
