@@ -89,6 +89,26 @@ class Settings:
     #: without an identity provider: a development convenience, on by default in
     #: development (with a warning), refused in production.
     local_accounts: bool | None = None
+    #: Rate limits (token buckets, docs/rate-limits.md): a rate in requests per
+    #: second and a burst, per principal and per tenant (authenticated calls),
+    #: per client address (anonymous calls and failed authentications), and
+    #: for sign-in and token endpoints per address and per account (shared by
+    #: every API process through the database).
+    rate_limit_principal_per_second: float = 20.0
+    rate_limit_principal_burst: int = 200
+    rate_limit_tenant_per_second: float = 100.0
+    rate_limit_tenant_burst: int = 1000
+    rate_limit_address_per_second: float = 5.0
+    rate_limit_address_burst: int = 100
+    rate_limit_sign_in_per_second: float = 0.1
+    rate_limit_sign_in_burst: int = 10
+    #: At most this many in-memory buckets per API process (idle ones go first).
+    rate_limit_max_buckets: int = 100_000
+    #: Webhook delivery: one attempt's time limit, and attempts before giving up.
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_attempts: int = 8
+    #: How often a worker looks for alerts to deliver.
+    webhook_poll_seconds: float = 2.0
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     @property
@@ -190,6 +210,26 @@ class Settings:
             raise ConfigurationError(
                 f"QUSTODY_API_KEY_MAX_DAYS is {self.api_key_max_days}; API keys must expire, "
                 "within 1 to 90 days: set a value in that range."
+            )
+        for name in ("principal", "tenant", "address", "sign_in"):
+            rate = getattr(self, f"rate_limit_{name}_per_second")
+            burst = getattr(self, f"rate_limit_{name}_burst")
+            if not (0 < rate <= 1_000_000 and 1 <= burst <= 10_000_000):
+                raise ConfigurationError(
+                    f"QUSTODY_RATE_LIMIT_{name.upper()}_PER_SECOND is {rate} and "
+                    f"QUSTODY_RATE_LIMIT_{name.upper()}_BURST is {burst}; the rate must be "
+                    "above 0 and the burst at least 1."
+                )
+        if not 1_000 <= self.rate_limit_max_buckets <= 10_000_000:
+            raise ConfigurationError(
+                f"QUSTODY_RATE_LIMIT_MAX_BUCKETS is {self.rate_limit_max_buckets}; it must be "
+                "between 1000 and 10000000."
+            )
+        if not (0.1 <= self.webhook_timeout_seconds <= 60 and 1 <= self.webhook_max_attempts <= 50):
+            raise ConfigurationError(
+                f"QUSTODY_WEBHOOK_TIMEOUT_SECONDS is {self.webhook_timeout_seconds} and "
+                f"QUSTODY_WEBHOOK_MAX_ATTEMPTS is {self.webhook_max_attempts}; the timeout must "
+                "be 0.1 to 60 seconds and the attempts 1 to 50."
             )
         if self.mode != "production":
             return
