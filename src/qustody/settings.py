@@ -85,6 +85,16 @@ class Settings:
     #: in production (where it cannot be turned off), off by default in
     #: development, with a warning (QUSTODY_STEP_UP=true turns it on).
     step_up: bool | None = None
+    #: Approvals (docs/approvals.md): the platform's @approvals policies (prod
+    #: QPU jobs, restricted exports, key rotation, policy changes) load by
+    #: default in production (where they cannot be turned off), and are off by
+    #: default in development, with a warning (QUSTODY_APPROVALS=true turns
+    #: them on). Tenants' own @approvals policies apply either way.
+    approvals: bool | None = None
+    #: Just-in-time elevation: how long an approved elevation lasts at most
+    #: (policy may narrow it), and break-glass at most.
+    elevation_max_seconds: int = 8 * 3600
+    breakglass_max_seconds: int = 3600
     #: Local accounts (password and TOTP kept by the gateway) for embedded mode
     #: without an identity provider: a development convenience, on by default in
     #: development (with a warning), refused in production.
@@ -115,6 +125,11 @@ class Settings:
     def local_accounts_enabled(self) -> bool:
         """Whether ``POST /v1/auth/local`` and the local-account routes work."""
         return self.mode != "production" if self.local_accounts is None else self.local_accounts
+
+    @property
+    def approvals_enforced(self) -> bool:
+        """Whether the platform's approval policies are loaded."""
+        return self.mode == "production" if self.approvals is None else self.approvals
 
     @property
     def step_up_enforced(self) -> bool:
@@ -245,6 +260,12 @@ class Settings:
                 "(policy and key changes, QPU and production backends, restricted data, "
                 "exports) need a fresh multi-factor sign-in there. Remove the variable."
             )
+        if self.approvals is False:
+            raise ConfigurationError(
+                "QUSTODY_APPROVALS=false is refused in production mode: production QPU jobs, "
+                "restricted exports, key rotation and policy changes need approval there. "
+                "Remove the variable."
+            )
         if self.resolved_database_url.startswith("sqlite"):
             raise ConfigurationError(
                 "production mode needs PostgreSQL: set QUSTODY_DATABASE_URL to a "
@@ -269,7 +290,7 @@ _OTHER_KEYS = {"MASTER_KEY", "PKCS11_PIN", "URL", "TOKEN", "CONFIG_DIR", "DPOP_K
 
 
 #: Settings whose default (``None``) depends on the mode; their values are booleans.
-_MODE_DEFAULT_FLAGS = frozenset({"step_up", "local_accounts"})
+_MODE_DEFAULT_FLAGS = frozenset({"step_up", "local_accounts", "approvals"})
 
 
 def _convert(raw: str, current: object, name: str) -> object:
