@@ -62,6 +62,18 @@ class Settings:
     lease_seconds: float = 30.0
     #: Safety net only: workers are woken by notifications, not by this poll.
     idle_poll_seconds: float = 5.0
+    #: Jobs one backend runs at once, unless a platform admin set its own
+    #: limit (``qustody backend concurrency``); 0: no limit but the workers' slots.
+    backend_concurrency: int = 0
+    #: A random delay of up to this many milliseconds before a worker claims a
+    #: job, so start times do not reveal when other tenants' jobs end (0: none).
+    start_jitter_ms: int = 0
+    #: The longest lifetime a session may be given (8 hours by default).
+    session_max_ttl_seconds: int = 28800
+    #: The longest reservation of a backend a tenant admin may take, in hours.
+    reservation_max_hours: int = 24
+    #: A backend with at least this many jobs queued (all tenants) shows as busy.
+    busy_queue_depth: int = 10
     #: The audit log's checkpoint-signing key (a C2SP signer key, 0600).
     audit_key_file: Path | None = None
     #: The audit log's origin, fixed when its key is made (default: the
@@ -246,6 +258,17 @@ class Settings:
                 f"QUSTODY_WEBHOOK_MAX_ATTEMPTS is {self.webhook_max_attempts}; the timeout must "
                 "be 0.1 to 60 seconds and the attempts 1 to 50."
             )
+        for name, value, low, high in (
+            ("BACKEND_CONCURRENCY", self.backend_concurrency, 0, 10_000),
+            ("START_JITTER_MS", self.start_jitter_ms, 0, 60_000),
+            ("SESSION_MAX_TTL_SECONDS", self.session_max_ttl_seconds, 60, 7 * 86400),
+            ("RESERVATION_MAX_HOURS", self.reservation_max_hours, 1, 24 * 31),
+            ("BUSY_QUEUE_DEPTH", self.busy_queue_depth, 1, 1_000_000),
+        ):
+            if not low <= value <= high:
+                raise ConfigurationError(
+                    f"QUSTODY_{name} is {value}; it must be between {low} and {high}."
+                )
         if self.mode != "production":
             return
         if self.local_accounts:
