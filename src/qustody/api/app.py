@@ -60,6 +60,7 @@ from qustody.identity.tokens import SigningKey, TokenService
 from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
 from qustody.jobs.notify import Notifier, notifier_for
+from qustody.jobs.scheduler import Scheduler
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
 from qustody.keys.config import open_key_service
@@ -115,6 +116,8 @@ class Runtime:
             lease_seconds=settings.lease_seconds,
             idle_poll_seconds=settings.idle_poll_seconds,
             clock=self.clock,
+            scheduler=Scheduler(default_concurrency=settings.backend_concurrency),
+            start_jitter_ms=settings.start_jitter_ms,
         )
         return worker, sandbox
 

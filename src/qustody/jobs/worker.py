@@ -1,8 +1,11 @@
 """The execution plane's driver: claim a queued job, run it in a sandbox, record the outcome.
 
-Claiming is one transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on
-SQLite ``BEGIN IMMEDIATE`` serialises writers) that moves the job to
-``running``, stamps this worker's id, bumps ``attempts`` and sets a lease.
+Claiming is one transaction in which the scheduler
+(:mod:`qustody.jobs.scheduler`: fair queuing, pauses, maintenance,
+reservations, concurrency limits) picks the job, taken ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL after the scheduler's own lock (on SQLite ``BEGIN
+IMMEDIATE`` serialises writers), and that moves it to ``running``, stamps
+this worker's id, bumps ``attempts`` and sets a lease.
 The worker renews its leases while the sandbox runs. A worker that dies
 (SIGKILL, power loss) stops renewing; any worker then re-queues the job when
 the lease expires, so it runs again and completes exactly once.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import threading
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionR
 from qustody.domain.vocabulary import JobState
 from qustody.executors.sandbox import Sandbox
 from qustody.jobs.notify import Notifier
+from qustody.jobs.scheduler import Scheduler
 from qustody.jobs.service import (
     CIRCUIT_FIELD,
     RESULT_FIELD,
@@ -50,6 +55,7 @@ from qustody.storage import models as m
 from qustody.storage.db import Database
 
 log = logging.getLogger(__name__)
+_RANDOM = random.SystemRandom()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +80,21 @@ class Worker:
         idle_poll_seconds: float = 5.0,
         worker_id: str | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        scheduler: Scheduler | None = None,
+        start_jitter_ms: int = 0,
     ) -> None:
         self._db = db
         self._keys = keys
         self._sandbox = sandbox
         self._notifier = notifier
         self._clock = clock
+        #: Chooses which queued job starts next (fair queuing, pauses, reservations, caps).
+        self._scheduler = scheduler or Scheduler()
+        #: Queued jobs were held back at the last claim (a finishing job may free them).
+        self._held_back = False
+        #: A random delay of up to this many milliseconds before each claim, so the
+        #: moment a job starts tells its tenant little about when others' jobs end.
+        self._jitter = max(0, start_jitter_ms) / 1000.0
         self.slots = slots
         self.lease = timedelta(seconds=lease_seconds)
         self._idle_poll = idle_poll_seconds
@@ -117,6 +132,8 @@ class Worker:
 
     def _slot_loop(self) -> None:
         while not self._stop.is_set():
+            if self._jitter and self._stop.wait(_RANDOM.uniform(0.0, self._jitter)):
+                break
             try:
                 claimed = self.claim()
             except Exception:
@@ -142,13 +159,9 @@ class Worker:
     def claim(self) -> Claimed | None:
         now = self._clock.now()
         with self._db.write() as session:
-            job = session.scalar(
-                select(m.Job)
-                .where(m.Job.state == JobState.QUEUED.value)
-                .order_by(m.Job.queued_at, m.Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
+            picked = self._scheduler.pick(session, now)
+            self._held_back = picked.held_back
+            job = picked.job
             if job is None:
                 return None
             transition(session, job, JobState.RUNNING, actor=self._actor, at=now)
@@ -201,6 +214,9 @@ class Worker:
             self._give_back(claimed)  # shutting down: the job runs again elsewhere
             return
         self._finish(claimed.job_id, claimed.attempt, outcome, queued_at=claimed.queued_at)
+        if self._held_back:
+            # A job held back by a concurrency limit or cap may start now, on any worker.
+            self._notifier.notify()
 
     def _give_back(self, claimed: Claimed) -> None:
         """Re-queue a job this worker stopped on shutdown (fenced like ``_finish``)."""
