@@ -127,6 +127,7 @@ class Action(StrEnum):
     SESSION_EXPIRE = "session:expire"
     # the queue, as a tenant may see it (its own positions, a backend's load)
     QUEUE_READ = "queue:read"
+    QUEUE_SHARE = "queue:share"  # a tenant's fair-queuing weight (operator)
     # jobs, as requested by callers
     JOB_SUBMIT = "job:submit"
     JOB_LIST = "job:list"
