@@ -66,6 +66,15 @@ def seed(runtime: Runtime) -> Tenancy:
     return tenancy
 
 
+#: Tests send hundreds of requests a second from one address and principal:
+#: limits far above that (the rate-limit tests set their own, small ones).
+TEST_RATE_LIMITS: dict[str, object] = {
+    f"rate_limit_{name}_{unit}": value
+    for name in ("principal", "tenant", "address", "sign_in")
+    for unit, value in (("per_second", 100_000.0), ("burst", 1_000_000))
+}
+
+
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
     return load_settings(  # type: ignore[arg-type]
         {},
@@ -74,7 +83,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
         embedded_worker=False,
         lease_seconds=2.0,
         idle_poll_seconds=0.5,
-        **overrides,
+        **{**TEST_RATE_LIMITS, **overrides},
     )
 
 
@@ -121,6 +130,7 @@ class Gateway:
             QUSTODY_DATA_DIR=str(self.data_dir),
             QUSTODY_DATABASE_URL=self.database_url,
         )
+        env.update({f"QUSTODY_{k.upper()}": str(v) for k, v in TEST_RATE_LIMITS.items()})
         if token:
             env["QUSTODY_TOKEN"] = token
         return env
