@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qustody import __version__
 from qustody.api import problems
 from qustody.api.isolation import RequestScope
+from qustody.api.ratelimit import RateLimitEdge
 from qustody.api.routes import (
     accounts,
     admin,
@@ -37,6 +38,7 @@ from qustody.api.routes import (
     policies,
     scim,
     token_exchange,
+    webhooks,
 )
 from qustody.api.schemas import MAX_BODY_BYTES
 from qustody.api.state import Services
@@ -48,6 +50,11 @@ from qustody.domain.ids import new_request_id
 from qustody.domain.vocabulary import Action
 from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
+from qustody.governance.approvals import ApprovalService, ApprovalSweeper
+from qustody.governance.breakglass import BreakGlassService
+from qustody.governance.elevation import ElevationService
+from qustody.governance.ratelimit import RateLimits, limits_from
+from qustody.governance.webhooks import WebhookDeliverer, WebhookService
 from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
 from qustody.identity.dpop import DpopVerifier, NonceSource
@@ -92,6 +99,17 @@ class Runtime:
         """The thread that signs checkpoints as the audit log grows (run by workers)."""
         settings = self.services.settings
         return Checkpointer(self.services.audit_log, settings.audit_checkpoint_seconds)
+
+    def make_deliverer(self) -> WebhookDeliverer:
+        """The thread that delivers alerts to webhook endpoints (run by workers)."""
+        settings = self.services.settings
+        assert self.services.webhooks is not None  # build_runtime sets it
+        return WebhookDeliverer(self.services.webhooks, settings.webhook_poll_seconds)
+
+    def make_approval_sweeper(self) -> ApprovalSweeper:
+        """The thread that expires approval requests and records ended grants (workers)."""
+        assert self.services.approvals is not None  # noqa: S101 (build_runtime sets it)
+        return ApprovalSweeper(self.services.approvals)
 
     def make_rewrapper(self) -> Rewrapper:
         """The thread that moves data keys off retiring key versions (run by workers)."""
@@ -144,7 +162,17 @@ def build_runtime(
         audience=settings.audience,
         max_ttl_seconds=settings.token_max_ttl_seconds,
     )
-    engine = CedarPolicyEngine(step_up=settings.step_up_enforced)
+    engine = CedarPolicyEngine(
+        step_up=settings.step_up_enforced, approvals=settings.approvals_enforced
+    )
+    if not settings.approvals_enforced:
+        warnings.warn(
+            "The platform's approval policies are off (development mode): production QPU jobs, "
+            "restricted exports, key rotation and policy changes need no approvers. Set "
+            "QUSTODY_APPROVALS=true to hold them for approval, as production does.",
+            InsecureDevelopmentWarning,
+            stacklevel=2,
+        )
     if not settings.step_up_enforced:
         warnings.warn(
             "MFA step-up is off (development mode): privileged actions take any valid token. "
@@ -219,6 +247,36 @@ def build_runtime(
         local_accounts=LocalAccounts(
             db, guard, tokens, keys, enabled=settings.local_accounts_enabled
         ),
+        rate_limits=RateLimits(
+            db,
+            clock,
+            limits_from(settings),
+            processes=settings.api_processes,
+            max_buckets=settings.rate_limit_max_buckets,
+        ),
+        webhooks=WebhookService(
+            db,
+            guard,
+            keys,
+            clock,
+            production=not development,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            max_attempts=settings.webhook_max_attempts,
+        ),
+    )
+    approvals = ApprovalService(db, guard, clock=clock, on_queued=notifier.notify)
+    guard.approvals = approvals
+    services.approvals = approvals
+    services.elevations = ElevationService(
+        db,
+        guard,
+        admin_service,
+        approvals,
+        max_seconds=settings.elevation_max_seconds,
+        clock=clock,
+    )
+    services.breakglass = BreakGlassService(
+        db, guard, max_seconds=settings.breakglass_max_seconds, clock=clock
     )
     return Runtime(services, keys, notifier, clock)
 
@@ -416,9 +474,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(accounts.router)
     app.include_router(credentials.router)
     app.include_router(token_exchange.router)
+    app.include_router(webhooks.router)
     app.mount(scim.PREFIX, scim.create_scim_app(rt.services))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(RateLimitEdge, services=rt.services)  # before any work for the request
     app.add_middleware(RequestScope)  # no tenant's rows until the caller is known
     app.add_middleware(RequestId)  # outermost: every answer carries its id
     if settings.mode != "production":

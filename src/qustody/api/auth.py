@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from qustody.api.ratelimit import charge_caller
 from qustody.api.state import Services, services_of
 from qustody.audit.recorder import Actor, record
 from qustody.domain.errors import AuthenticationError
@@ -45,6 +46,7 @@ def request_context(request: Request) -> RequestContext:
         request_id=request.state.request_id,
         client_addr=client,
         user_agent=request.headers.get("user-agent"),
+        approval_id=(request.headers.get("qustody-approval") or "").strip()[:64] or None,
     )
 
 
@@ -124,7 +126,9 @@ def authenticate(request: Request) -> Caller:
     return Caller(principal, context)
 
 
-async def tenant_bound(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+async def tenant_bound(
+    request: Request, caller: Annotated[Caller, Depends(authenticate)]
+) -> Caller:
     """The caller, with its tenant bound as the database scope for the rest of
     the request (row-level security, :mod:`qustody.storage.db`).
 
@@ -132,6 +136,7 @@ async def tenant_bound(caller: Annotated[Caller, Depends(authenticate)]) -> Call
     threads that run the handler copy; a sync dependency runs in a copy of
     its own, and a binding made there would end with it.
     """
+    await charge_caller(request, caller)  # the principal's and the tenant's rate limits
     bind_scope(tenant(caller.principal.tenant_id))
     return caller
 

@@ -8,6 +8,11 @@ from fastapi import Request
 
 from qustody.audit.log import AuditLog
 from qustody.executors.registry import BackendRegistry
+from qustody.governance.approvals import ApprovalService
+from qustody.governance.breakglass import BreakGlassService
+from qustody.governance.elevation import ElevationService
+from qustody.governance.ratelimit import RateLimits
+from qustody.governance.webhooks import WebhookService
 from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
 from qustody.identity.dpop import DpopVerifier
@@ -46,6 +51,13 @@ class Services:
     api_keys: ApiKeyService
     workload: WorkloadIdentity
     revocation: RevocationService
+    #: Approvals, just-in-time elevation and break-glass (docs/approvals.md).
+    approvals: ApprovalService | None = None
+    elevations: ElevationService | None = None
+    breakglass: BreakGlassService | None = None
+    #: Token buckets (qustody.api.ratelimit); None: no limits (tools, some tests).
+    rate_limits: RateLimits | None = None
+    webhooks: WebhookService | None = None
 
 
 def services_of(request: Request) -> Services:

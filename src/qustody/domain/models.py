@@ -57,7 +57,9 @@ class Resource:
     the tenant list).
     """
 
-    type: Literal["platform", "tenant", "project", "job", "backend", "principal", "token"]
+    type: Literal[
+        "platform", "tenant", "project", "job", "backend", "principal", "token", "approval", "grant"
+    ]
     id: str
     tenant_id: TenantId | None
     project_id: ProjectId | None = None
@@ -86,6 +88,9 @@ class RequestContext:
     request_id: str
     client_addr: str | None = None
     user_agent: str | None = None
+    #: An approved request (``Qustody-Approval: apr_...``) the caller spends
+    #: on an action a policy holds for approval.
+    approval_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

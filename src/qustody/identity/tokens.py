@@ -108,6 +108,14 @@ _MEMBERSHIPS = union_all(
             ),
         ),
     ),
+    # Just-in-time elevations and break-glass: active from approval (or
+    # invocation) until they expire or are revoked; nothing ends them but time.
+    select(m.ACCESS_GRANTS.c.role, m.ACCESS_GRANTS.c.project_id).where(
+        m.ACCESS_GRANTS.c.principal_id == bindparam("principal"),
+        m.ACCESS_GRANTS.c.starts_at <= bindparam("now"),
+        m.ACCESS_GRANTS.c.expires_at > bindparam("now"),
+        m.ACCESS_GRANTS.c.revoked_at.is_(None),
+    ),
 )
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 MAX_TOKEN_BYTES = 4096
@@ -390,11 +398,13 @@ class TokenService:
 
 
 def roles_of(
-    connection: Connection, principal_id: str
+    connection: Connection, principal_id: str, now: datetime | None = None
 ) -> tuple[frozenset[Role], tuple[tuple[ProjectId, Role], ...]]:
-    """The roles a principal holds now: tenant-wide, and per project (its own
-    memberships and those of its SCIM groups). One query."""
-    memberships = connection.execute(_MEMBERSHIPS, {"principal": principal_id}).all()
+    """The roles a principal holds at ``now`` (default: the system clock):
+    tenant-wide, and per project (its own memberships, those of its SCIM
+    groups, and its active elevations). One query."""
+    at = now or datetime.now(UTC)
+    memberships = connection.execute(_MEMBERSHIPS, {"principal": principal_id, "now": at}).all()
     tenant_roles = frozenset(Role(ms.role) for ms in memberships if ms.project_id is None)
     project_roles = tuple(
         (ProjectId(ms.project_id), Role(ms.role)) for ms in memberships if ms.project_id is not None

@@ -47,6 +47,7 @@ from qustody.domain.vocabulary import (
 )
 from qustody.executors.registry import BackendRegistry
 from qustody.governance.admission import AdmissionCheck, Admitted, Submission
+from qustody.governance.approvals import Justification, hold_job, withdraw_job
 from qustody.identity.admin import AdminService
 from qustody.jobs.circuits import CircuitLimits, check_against_backend
 from qustody.jobs.errors import JobNotFinished
@@ -88,6 +89,9 @@ class SubmitRequest:
     priority: int = 0
     #: A session (``ses_...``) the job joins.
     session: str | None = None
+    #: Why and under which ticket, for a job a policy holds for approval: with
+    #: it such a job waits in ``awaiting_approval``; without, it is refused.
+    approval: Justification | None = None
 
 
 def sha256_hex(data: bytes) -> str:
@@ -279,12 +283,13 @@ class JobService:
         # Validation is bounded (size, time, memory), so an unauthorized
         # caller costs no more than an authorized one.
         qubits = info.num_qubits if info else None
-        decision = self._guard.check(
+        decision, held = self._guard.check_held(
             caller,
             Action.JOB_SUBMIT,
             resource,
             request,
             context=submission_context(backend.info, qubits=qubits, shots=spec.shots),
+            may_hold=spec.approval is not None,
         )
         now = self._clock.now()
         job = m.Job(
@@ -329,6 +334,14 @@ class JobService:
             transitions, events = transition_rows(
                 job, path, actor=actor, at=now, reason=job.error_code, outcome="failure"
             )
+        elif held is not None:
+            transitions, events = transition_rows(
+                job,
+                [JobState.VALIDATED, JobState.AWAITING_APPROVAL],
+                actor=actor,
+                at=now,
+                reason=f"held for approval by {held.approvers} ({', '.join(held.policy_ids)})",
+            )
         else:
             job.queued_at = now
             transitions, events = transition_rows(
@@ -353,6 +366,17 @@ class JobService:
             with self._db.writing() as connection:
                 if refusal is None and self.admission:
                     self._admit(connection, caller, job, backend.info, admitted)
+                if refusal is None and held is not None and spec.approval is not None:
+                    job.approval_id = hold_job(
+                        connection,
+                        caller=caller,
+                        job_id=job.id,
+                        project_id=job.project_id,
+                        justification=spec.approval,
+                        need=held,
+                        at=now,
+                        request=request,
+                    )
                 connection.execute(_INSERT_JOB, {c.key: getattr(job, c.key) for c in m.JOBS.c})
                 if info is not None:
                     self._keys.seal(
@@ -386,7 +410,8 @@ class JobService:
         if refusal is not None:
             refusal.extra["job_id"] = job.id
             raise refusal
-        self._notifier.notify()
+        if held is None:
+            self._notifier.notify()
         return result
 
     def _admit(
@@ -619,7 +644,9 @@ class JobService:
         with self._db.write() as session:
             job = self._load(session, caller, job_id)
             state = JobState(job.state)
-            if state in (JobState.QUEUED, JobState.VALIDATED):
+            if state in (JobState.QUEUED, JobState.VALIDATED, JobState.AWAITING_APPROVAL):
+                if state is JobState.AWAITING_APPROVAL and job.approval_id:
+                    withdraw_job(session.connection(), job.approval_id, Actor.of(caller), now)
                 transition(
                     session,
                     job,

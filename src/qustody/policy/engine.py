@@ -63,6 +63,7 @@ from qustody.domain.vocabulary import Action, Role
 from qustody.policy.errors import PolicyError
 
 __all__ = [
+    "ApprovalNeed",
     "CedarPolicyEngine",
     "StepUp",
     "default_policies",
@@ -80,11 +81,13 @@ _ENTITY_TYPES: Mapping[str, str] = {
     "backend": f"{NAMESPACE}::Backend",
     "principal": f"{NAMESPACE}::Principal",
     "token": f"{NAMESPACE}::Token",
+    "approval": f"{NAMESPACE}::Approval",
+    "grant": f"{NAMESPACE}::Grant",
 }
 #: Resource types that always belong to a tenant; one without a tenant id is a bug.
-_TENANT_SCOPED = frozenset({"tenant", "project", "job", "principal", "token"})
+_TENANT_SCOPED = frozenset({"tenant", "project", "job", "principal", "token", "approval", "grant"})
 #: Resource types that may name an owner (the schema declares ``owner`` on them).
-_OWNED = frozenset({"project", "job", "token"})
+_OWNED = frozenset({"project", "job", "token", "approval", "grant"})
 #: Entity attributes the engine sets from a Resource's own fields.
 _ENGINE_ATTRIBUTES = frozenset({"tenant", "project", "data_class", "owner"})
 #: Context keys the engine computes; a caller may not set them.
@@ -118,6 +121,12 @@ _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 _ACR_VALUES = re.compile(r"([\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*)?")
 #: The longest ``@max_age`` a step-up policy may name: a day.
 MAX_STEP_UP_AGE = 86_400
+#: The most approvers an ``@approvals`` policy may ask for.
+MAX_APPROVERS = 10
+#: The longest an approval request may stay open (``@approval_ttl``): 30 days.
+MAX_APPROVAL_TTL = 30 * 86_400
+#: How long a request stays open when its policy names no ``@approval_ttl``.
+DEFAULT_APPROVAL_TTL = 86_400
 _POLICY_FILES_SUFFIX = ".cedar"
 _SCHEMA_FILE = "qustody.cedarschema"
 _ACTIONS = frozenset(action.value for action in Action)
@@ -167,6 +176,19 @@ class StepUp:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalNeed:
+    """What a denial asks for instead: approval by ``approvers`` distinct
+    approvers, within ``ttl_seconds`` of the request.
+
+    Reported only when the forbids that denied are ``@approvals`` forbids
+    (possibly with step-up forbids, which the request must still meet)."""
+
+    approvers: int
+    ttl_seconds: int
+    policy_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Policy:
     #: The ``@id`` annotation; also the id Cedar reports, see :class:`_PolicyBook`.
     id: str
@@ -186,6 +208,11 @@ class _Policy:
     step_up: str | None = None
     #: ``@max_age``: how recent that sign-in must be, in seconds.
     max_age: int | None = None
+    #: ``@approvals``: how many distinct approvers lift this forbid; ``None``
+    #: for a policy no approval lifts.
+    approvals: int | None = None
+    #: ``@approval_ttl``: how long such a request stays open, in seconds.
+    approval_ttl: int | None = None
 
     def may_apply(self, action: Action, entity_type: str) -> bool:
         return (self.actions is None or action.value in self.actions) and (
@@ -314,6 +341,7 @@ class CedarPolicyEngine:
         check_requests: bool = False,
         platform_tenant_id: TenantId | None = None,
         step_up: bool = True,
+        approvals: bool = True,
     ) -> None:
         self._platform_tenant_id = platform_tenant_id
         self._schema = _parse_schema(default_schema() if schema is None else schema)
@@ -323,8 +351,13 @@ class CedarPolicyEngine:
         sources = _sources(default_policies() if policies is None else policies, "policies")
         # Every shipped id stays reserved, the step-up ones included when left out.
         self._shipped = self._load(sources, taken={}, tenant=False)
+        self.approvals_enforced = approvals
         self._base = _PolicyBook(
-            {pid: p for pid, p in self._shipped.items() if step_up or p.step_up is None}
+            {
+                pid: p
+                for pid, p in self._shipped.items()
+                if (step_up or p.step_up is None) and (approvals or p.approvals is None)
+            }
         )
         self._books: dict[TenantId, _PolicyBook] = {}
         self._zones: dict[TenantId, tzinfo] = {}
@@ -482,6 +515,14 @@ class CedarPolicyEngine:
         for a principal of ``tenant_id``), or ``None`` when none would."""
         return _stepped_up(decision, self._book(tenant_id))
 
+    def approval(self, tenant_id: TenantId, decision: Decision) -> ApprovalNeed | None:
+        """What approval ``decision`` (a denial for a principal of
+        ``tenant_id``) waits for: ``None`` unless every forbid that denied is
+        an ``@approvals`` or ``@step_up`` forbid and at least one is the former.
+        Whether the request is then allowed is for the caller to ask again,
+        with ``context.approved`` set."""
+        return _approval_need(decision, self._book(tenant_id))
+
     def _evaluate(
         self,
         action: Action,
@@ -534,6 +575,25 @@ def _stepped_up(decision: Decision, book: _PolicyBook) -> StepUp | None:
         if policy.max_age is not None:
             ages.append(policy.max_age)
     return StepUp(" ".join(sorted(acr)), min(ages) if ages else None, decision.policy_ids)
+
+
+def _approval_need(decision: Decision, book: _PolicyBook) -> ApprovalNeed | None:
+    if decision.allowed or not decision.policy_ids:
+        return None
+    approvers: list[int] = []
+    ttls: list[int] = []
+    held: list[str] = []
+    for policy_id in decision.policy_ids:
+        policy = book.policies.get(policy_id)
+        if policy is None or (policy.approvals is None and policy.step_up is None):
+            return None
+        if policy.approvals is not None:
+            approvers.append(policy.approvals)
+            ttls.append(policy.approval_ttl or DEFAULT_APPROVAL_TTL)
+            held.append(policy_id)
+    if not approvers:
+        return None
+    return ApprovalNeed(max(approvers), min(ttls), tuple(held))
 
 
 def _decision(
@@ -774,6 +834,7 @@ def _load(
                     policy_id=policy_id,
                 )
             step_up, max_age = _step_up_annotations(body, where, line, policy_id)
+            approvals, approval_ttl = _approval_annotations(body, where, line, policy_id)
             policies[policy_id] = _Policy(
                 id=policy_id,
                 source=name,
@@ -784,8 +845,63 @@ def _load(
                 resource_types=_scope_types(body.get("resource")),
                 step_up=step_up,
                 max_age=max_age,
+                approvals=approvals,
+                approval_ttl=approval_ttl,
             )
     return policies
+
+
+def _approval_annotations(
+    body: Mapping[str, object], where: str, line: int, policy_id: str
+) -> tuple[int | None, int | None]:
+    """``@approvals("<N>")`` and ``@approval_ttl("<seconds>")``, checked.
+
+    An approval policy is a forbid that reads ``context.approved`` (the
+    guard sets it once a matching request is approved), so that an approval
+    can lift it at all.
+    """
+    count_text = _annotation(body, "approvals")
+    ttl_text = _annotation(body, "approval_ttl")
+    if count_text is None:
+        if ttl_text is not None:
+            raise _refused(
+                f'{where} has @approval_ttl without @approvals; add @approvals("<N>")',
+                line=line,
+                policy_id=policy_id,
+            )
+        return None, None
+    if body.get("effect") != "forbid":
+        raise _refused(
+            f"{where} has @approvals, which belongs on a forbid (the refusal approval lifts)",
+            line=line,
+            policy_id=policy_id,
+        )
+    if not count_text.isdigit() or not 1 <= int(count_text) <= MAX_APPROVERS:
+        raise _refused(
+            f'{where} has @approvals("{count_text[:20]}"); give a number of approvers from 1 '
+            f"to {MAX_APPROVERS}",
+            line=line,
+            policy_id=policy_id,
+        )
+    ttl = None
+    if ttl_text is not None:
+        if not ttl_text.isdigit() or not 60 <= int(ttl_text) <= MAX_APPROVAL_TTL:
+            raise _refused(
+                f'{where} has @approval_ttl("{ttl_text[:20]}"); give whole seconds from 60 to '
+                f"{MAX_APPROVAL_TTL}",
+                line=line,
+                policy_id=policy_id,
+            )
+        ttl = int(ttl_text)
+    read = _context_keys([body])
+    if read is not None and "approved" not in read:
+        raise _refused(
+            f"{where} has @approvals but never reads context.approved; end it with "
+            "`unless { context has approved && context.approved }` so an approval can lift it",
+            line=line,
+            policy_id=policy_id,
+        )
+    return int(count_text), ttl
 
 
 def _step_up_annotations(

@@ -33,3 +33,23 @@ class InvalidPolicy(InvalidRequest):
     @classmethod
     def of(cls, error: PolicyError) -> InvalidPolicy:
         return cls(error.detail, field="text", extra=error.extra)
+
+
+class ApprovalRequired(QustodyError):
+    """The action is held for approval by an ``@approvals`` policy (``403``).
+
+    ``extra`` carries ``policy_ids``, ``approvers`` (N) and ``ttl_seconds``;
+    ``detail`` says how to ask for one.
+    """
+
+    code = "approval_required"
+    status = 403
+    title = "Approval required"
+
+
+class ApprovalInvalid(QustodyError):
+    """A ``Qustody-Approval`` that cannot be spent on this request (``403``)."""
+
+    code = "approval_invalid"
+    status = 403
+    title = "Approval not usable"

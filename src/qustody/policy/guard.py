@@ -9,6 +9,11 @@ lost) and the caller gets:
   one, so a probe cannot tell someone else's job from a missing one;
 - ``401`` with an RFC 9470 step-up challenge when only step-up forbids denied
   and a fresh multi-factor sign-in would be allowed;
+- ``403`` ``approval_required`` when ``@approvals`` forbids held it and the
+  same request, approved, would be allowed: the caller asks for approval
+  (``POST /v1/approvals``) and retries with ``Qustody-Approval: apr_...``,
+  which the guard spends (once) before allowing; a job submission may
+  instead be held (:meth:`Guard.check_held`) until approvers approve it;
 - ``403`` otherwise, naming the forbids that denied (``policy_ids``), or saying
   that no policy permits the action (Cedar's default deny). Only the caller's
   own tenant's policies and the platform's are ever evaluated for it, so a
@@ -27,9 +32,10 @@ from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.errors import Forbidden, NotFound, StepUpRequired
 from qustody.domain.models import Decision, Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
-from qustody.policy.engine import StepUp
+from qustody.policy.engine import ApprovalNeed, StepUp
+from qustody.policy.errors import ApprovalRequired
 from qustody.policy.facts import sdk_context
-from qustody.policy.interfaces import PolicyEngine, TenantPolicySource
+from qustody.policy.interfaces import ApprovalSpender, PolicyEngine, TenantPolicySource
 from qustody.storage.db import Database
 
 
@@ -40,10 +46,13 @@ class Guard:
         db: Database,
         *,
         tenant_policies: TenantPolicySource | None = None,
+        approvals: ApprovalSpender | None = None,
     ) -> None:
         self.engine = engine
         self._db = db
         self._tenant_policies = tenant_policies
+        #: Spends ``Qustody-Approval`` requests; set once governance is built.
+        self.approvals = approvals
 
     def decide(
         self,
@@ -62,6 +71,29 @@ class Guard:
             facts.update(context)
         return self.engine.authorize(principal, action, resource, context=facts or None)
 
+    def needs_approval(
+        self,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        request: RequestContext | None = None,
+        *,
+        context: Mapping[str, object] | None = None,
+    ) -> tuple[Decision, ApprovalNeed | None]:
+        """The decision, and when approval forbids alone hold it (the request,
+        approved, would be allowed) what approval it waits for. Neither
+        recorded nor raised: for creating approval requests."""
+        decision = self.decide(principal, action, resource, request, context=context)
+        if decision.allowed:
+            return decision, None
+        need = self.engine.approval(principal.tenant_id, decision)
+        if need is None:
+            return decision, None
+        lifted = self.decide(
+            principal, action, resource, request, context={**(context or {}), "approved": True}
+        )
+        return (decision, need) if lifted.allowed else (lifted, None)
+
     def check(
         self,
         principal: Principal,
@@ -71,9 +103,42 @@ class Guard:
         *,
         context: Mapping[str, object] | None = None,
     ) -> Decision:
+        decision, _ = self.check_held(principal, action, resource, request, context=context)
+        return decision
+
+    def check_held(
+        self,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        request: RequestContext | None,
+        *,
+        context: Mapping[str, object] | None = None,
+        may_hold: bool = False,
+    ) -> tuple[Decision, ApprovalNeed | None]:
+        """:meth:`check`, and for what approval policies hold: with
+        ``may_hold``, the allowing decision (as if approved) and the approval
+        it waits for, for the caller to hold the request (a job); without, a
+        ``Qustody-Approval`` on the request is spent, or ``approval_required``
+        raised."""
         decision = self.decide(principal, action, resource, request, context=context)
         if decision.allowed:
-            return decision
+            return decision, None
+        need = None
+        if resource.tenant_id is None or resource.tenant_id == principal.tenant_id:
+            need = self.engine.approval(principal.tenant_id, decision)
+        if need is not None:
+            lifted = self.decide(
+                principal, action, resource, request, context={**(context or {}), "approved": True}
+            )
+            if not lifted.allowed:
+                # Approval would not be enough: the caller hears the real reason.
+                decision, need = lifted, None
+            elif may_hold:
+                return lifted, need
+            elif request is not None and request.approval_id and self.approvals is not None:
+                self.approvals.spend(principal, action, resource, request.approval_id, request)
+                return lifted, None
         foreign = resource.tenant_id is not None and resource.tenant_id != principal.tenant_id
         step_up = None if foreign else self.engine.step_up(principal.tenant_id, decision)
         with self._db.write() as session:
@@ -88,10 +153,16 @@ class Guard:
                 decision=decision,
                 request=request,
                 job_id=resource.id if resource.type == "job" and not foreign else None,
-                reason=None if step_up is None else _step_up_reason(step_up),
+                reason=_approval_reason(need)
+                if need is not None
+                else None
+                if step_up is None
+                else _step_up_reason(step_up),
             )
         if foreign:
             raise not_found(resource.type, resource.id)
+        if need is not None:
+            raise approval_required(action, resource, need)
         if step_up is not None:
             raise step_up_required(action, step_up)
         raise denied(principal, action, resource, decision)
@@ -134,6 +205,33 @@ def step_up_required(action: Action, step_up: StepUp) -> StepUpRequired:
         description=f"{action.value} needs a multi-factor sign-in{within}",
         policy_ids=list(step_up.policy_ids),
     )
+
+
+def approval_required(action: Action, resource: Resource, need: ApprovalNeed) -> ApprovalRequired:
+    """The ``403`` saying which policy holds the action and how to ask for approval."""
+    rule = ", ".join(f"'{policy_id}'" for policy_id in need.policy_ids)
+    approvers = "one approver" if need.approvers == 1 else f"{need.approvers} approvers"
+    how = (
+        "resubmit with an approval reason and ticket (`qustody submit --reason ... --ticket "
+        "...`); the job then waits in awaiting_approval"
+        if action is Action.JOB_SUBMIT
+        else f"ask for approval (`qustody approval request {action.value} "
+        f"{resource.type}:{resource.id} --reason ... --ticket ...`, POST /v1/approvals) and "
+        "retry with the header `Qustody-Approval: <approval id>` once it is approved"
+    )
+    return ApprovalRequired(
+        f"{action.value} on this {resource.type} needs approval by {approvers} other than "
+        f"you ({rule}); {how}. A request stays open {need.ttl_seconds} seconds.",
+        extra={
+            "policy_ids": list(need.policy_ids),
+            "approvers": need.approvers,
+            "ttl_seconds": need.ttl_seconds,
+        },
+    )
+
+
+def _approval_reason(need: ApprovalNeed) -> str:
+    return f"approval required: approvers={need.approvers} ttl={need.ttl_seconds}"
 
 
 def _step_up_reason(step_up: StepUp) -> str:

@@ -10,7 +10,8 @@ from qustody.domain.models import Decision, Principal, Resource
 from qustody.domain.vocabulary import Action
 
 if TYPE_CHECKING:
-    from qustody.policy.engine import StepUp
+    from qustody.domain.models import RequestContext
+    from qustody.policy.engine import ApprovalNeed, StepUp
 
 
 class PolicyEngine(Protocol):
@@ -43,6 +44,31 @@ class PolicyEngine(Protocol):
     def step_up(self, tenant_id: TenantId, decision: Decision) -> StepUp | None:
         """The sign-in that would lift ``decision``, a denial for a principal of
         ``tenant_id``: only when step-up policies alone denied it."""
+        ...
+
+    def approval(self, tenant_id: TenantId, decision: Decision) -> ApprovalNeed | None:
+        """The approval that ``decision``, a denial for a principal of
+        ``tenant_id``, waits for: only when approval (and step-up) forbids
+        alone denied it."""
+        ...
+
+
+class ApprovalSpender(Protocol):
+    """Spends an approved request (``Qustody-Approval: apr_...``) on the
+    action it was approved for (implemented by ``qustody.governance``)."""
+
+    def spend(
+        self,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        approval_id: str,
+        request: RequestContext | None,
+    ) -> None:
+        """Mark the request used, once, and audit it; raise a
+        :class:`~qustody.domain.errors.QustodyError` when it is not the
+        caller's, not for this action and resource, not approved, expired or
+        spent already."""
         ...
 
 
