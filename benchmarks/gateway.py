@@ -87,6 +87,10 @@ def running_gateway(
     data = workdir / f"gw-{secrets.token_hex(3)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUSTODY_")}
     env["QUSTODY_DATA_DIR"] = str(data)
+    # Throughput is measured, not the rate limits: one token sends thousands a second.
+    for name in ("PRINCIPAL", "TENANT", "ADDRESS", "SIGN_IN"):
+        env[f"QUSTODY_RATE_LIMIT_{name}_PER_SECOND"] = "1000000"
+        env[f"QUSTODY_RATE_LIMIT_{name}_BURST"] = "10000000"
     if database_url:
         env["QUSTODY_DATABASE_URL"] = database_url
     port = _free_port()

@@ -67,9 +67,20 @@ class TotpConfirm(_Request):
 
 @router.post("/auth/local", response_model=LocalSignedIn, openapi_extra=PUBLIC)
 def sign_in_local(body: LocalSignIn, request: Request) -> LocalSignedIn:
-    """Sign in with a local account's password (and TOTP code): a Qustody token."""
-    signed_in = services_of(request).local_accounts.sign_in(
-        request_context(request),
+    """Sign in with a local account's password (and TOTP code): a Qustody token.
+
+    Limited against guessing: per client address and per account, in buckets
+    every API process shares (429 with Retry-After when spent)."""
+    services = services_of(request)
+    context = request_context(request)
+    if services.rate_limits is not None:
+        refused = services.rate_limits.charge_sign_in(
+            context, account=f"{body.tenant}/{body.username}"
+        )
+        if refused is not None:
+            raise refused
+    signed_in = services.local_accounts.sign_in(
+        context,
         tenant=body.tenant,
         username=body.username,
         password=body.password,
