@@ -47,10 +47,26 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
             Action.TOKEN_REVOKE,
             Action.AUDIT_CHECKPOINT,
             Action.ACCOUNT_SET,
+            Action.BACKEND_PAUSE,
+            Action.BACKEND_RESUME,
+            Action.BACKEND_MAINTAIN,
+            Action.QUOTA_SET,
+            Action.COST_SET,
         }
     ),
     "tenant-admin": frozenset(
         {
+            Action.USAGE_READ,
+            Action.BUDGET_SET,
+            Action.BUDGET_READ,
+            Action.JOB_ESTIMATE,
+            Action.QUEUE_READ,
+            Action.RESERVATION_CREATE,
+            Action.RESERVATION_LIST,
+            Action.RESERVATION_CANCEL,
+            Action.SESSION_CREATE,
+            Action.SESSION_READ,
+            Action.SESSION_CLOSE,
             Action.TENANT_READ,
             Action.PROJECT_CREATE,
             Action.PROJECT_LIST,
@@ -98,6 +114,13 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
     ),
     "developer": frozenset(
         {
+            Action.USAGE_READ,
+            Action.JOB_ESTIMATE,
+            Action.QUEUE_READ,
+            Action.RESERVATION_LIST,
+            Action.SESSION_CREATE,
+            Action.SESSION_READ,
+            Action.SESSION_CLOSE,
             Action.TENANT_READ,
             Action.PROJECT_LIST,
             Action.PROJECT_READ,
@@ -115,6 +138,11 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
     ),
     "viewer": frozenset(
         {
+            Action.USAGE_READ,
+            Action.QUEUE_READ,
+            Action.RESERVATION_LIST,
+            Action.SESSION_READ,
+            Action.SESSION_CLOSE,
             Action.TENANT_READ,
             Action.PROJECT_LIST,
             Action.PROJECT_READ,
@@ -184,6 +212,19 @@ ALLOWED_BY: Mapping[tuple[str, Action], str] = {
     ("viewer", Action.JOB_LIST): "viewer-project",
     ("viewer", Action.JOB_READ): "viewer-jobs",
     ("viewer", Action.RESULT_READ): "viewer-jobs",
+    ("platform-admin", Action.QUOTA_SET): "platform-admin-quotas",
+    ("platform-admin", Action.COST_SET): "platform-admin-prices",
+    ("tenant-admin", Action.BUDGET_SET): "tenant-admin-tenant",
+    ("tenant-admin", Action.BUDGET_READ): "tenant-admin-tenant",
+    ("tenant-admin", Action.JOB_ESTIMATE): "tenant-admin-projects",
+    ("developer", Action.JOB_ESTIMATE): "developer-project",
+    ("platform-admin", Action.BACKEND_PAUSE): "platform-admin-backend-operations",
+    ("platform-admin", Action.BACKEND_RESUME): "platform-admin-backend-operations",
+    ("platform-admin", Action.BACKEND_MAINTAIN): "platform-admin-backend-operations",
+    ("tenant-admin", Action.RESERVATION_CREATE): "tenant-admin-reservations",
+    ("tenant-admin", Action.RESERVATION_CANCEL): "tenant-admin-reservations",
+    ("tenant-admin", Action.SESSION_READ): "tenant-admin-sessions",
+    ("tenant-admin", Action.SESSION_CLOSE): "tenant-admin-sessions",
 }
 _MEMBER_PERMITS: Mapping[Action, str] = {
     Action.PROJECT_LIST: "member-own-tenant",
@@ -192,6 +233,12 @@ _MEMBER_PERMITS: Mapping[Action, str] = {
     Action.TOKEN_ISSUE: "member-own-principal-tokens",
     Action.TOKEN_REVOKE: "member-own-tokens",
     Action.ACCOUNT_SET: "member-own-account",
+    Action.USAGE_READ: "member-own-tenant",
+    Action.QUEUE_READ: "member-backend-queue",
+    Action.RESERVATION_LIST: "member-reservations",
+    Action.SESSION_CREATE: "submitter-own-sessions",
+    Action.SESSION_READ: "member-own-sessions",
+    Action.SESSION_CLOSE: "member-own-sessions",
 }
 
 
@@ -270,6 +317,7 @@ def resource_for(
             | Action.ADMIN_INIT
             | Action.AUDIT_CHECKPOINT
             | Action.CONFIG_LOAD
+            | Action.COST_SET
         ):
             return Resource(type="platform", id="platform", tenant_id=None)
         case (
@@ -311,11 +359,28 @@ def resource_for(
             | Action.GROUP_DELETE
             | Action.POLICY_READ
             | Action.POLICY_SET
+            | Action.USAGE_READ
+            | Action.QUOTA_SET
+            | Action.QUOTA_EXCEED
+            | Action.BUDGET_SET
+            | Action.BUDGET_READ
+            | Action.BUDGET_ALERT
+            | Action.RESERVATION_CREATE
+            | Action.RESERVATION_LIST
+            | Action.RESERVATION_CANCEL
+            | Action.QUEUE_SHARE
         ):
             return Resource(type="tenant", id=tenant, tenant_id=tenant)
+        case (
+            Action.SESSION_CREATE
+            | Action.SESSION_READ
+            | Action.SESSION_CLOSE
+            | Action.SESSION_EXPIRE
+        ):
+            return Resource(type="principal", id=owner, tenant_id=tenant)
         case Action.TOKEN_EXCHANGE | Action.APIKEY_CREATE | Action.ACCOUNT_SET:
             return Resource(type="principal", id=owner, tenant_id=tenant)
-        case Action.PROJECT_READ | Action.JOB_SUBMIT | Action.JOB_LIST:
+        case Action.PROJECT_READ | Action.JOB_SUBMIT | Action.JOB_LIST | Action.JOB_ESTIMATE:
             return Resource(
                 type="project",
                 id=project,
@@ -327,7 +392,13 @@ def resource_for(
             return Resource(type="principal", id=owner, tenant_id=tenant)
         case Action.TOKEN_REVOKE:
             return Resource(type="token", id="tok_1", tenant_id=tenant, owner_id=owner)
-        case Action.BACKEND_READ:
+        case (
+            Action.BACKEND_READ
+            | Action.BACKEND_PAUSE
+            | Action.BACKEND_RESUME
+            | Action.BACKEND_MAINTAIN
+            | Action.QUEUE_READ
+        ):
             return Resource(type="backend", id="aer-simulator", tenant_id=None)
         case _:
             return Resource(
@@ -491,6 +562,11 @@ def test_cross_tenant_is_denied(engine: CedarPolicyEngine, role: str, action: Ac
     if role == "platform-admin" and action is Action.TENANT_READ:
         assert decision.allowed
         assert decision.policy_ids == ("platform-admin-tenant-read",)
+        return
+    if role == "platform-admin" and action is Action.QUOTA_SET:
+        # A tenant's tenant-wide and per-backend quotas are the platform's to set.
+        assert decision.allowed
+        assert decision.policy_ids == ("platform-admin-quotas",)
         return
     assert not decision.allowed, f"{role} must not {action} in another tenant"
     assert decision.policy_ids == ("forbid-cross-tenant",)
