@@ -289,6 +289,51 @@ def _tenant_rows(connection: object, tenant_id: str, principal_id: str, project_
             },
         ),
     ]
+    rows += [
+        (
+            m.APPROVAL_REQUESTS,
+            {
+                "id": f"apr_{short}",
+                "tenant_id": tenant_id,
+                "kind": "action",
+                "action": "key:rotate",
+                "resource_type": "tenant",
+                "resource_id": tenant_id,
+                "requester_id": principal_id,
+                "reason": "rotate after the audit",
+                "ticket": "CHG-1",
+                "required": 1,
+                "approvals": 0,
+                "policy_ids": "approval-keys-and-policy",
+                "state": "pending",
+                "created_at": now,
+                "expires_at": now,
+            },
+        ),
+        (
+            m.APPROVAL_VOTES,
+            {
+                "approval_id": f"apr_{short}",
+                "tenant_id": tenant_id,
+                "approver_id": principal_id,
+                "verdict": "deny",
+                "at": now,
+            },
+        ),
+        (
+            m.ACCESS_GRANTS,
+            {
+                "id": f"grt_{short}",
+                "tenant_id": tenant_id,
+                "principal_id": principal_id,
+                "role": "viewer",
+                "breakglass": False,
+                "reason": "on call",
+                "starts_at": now,
+                "expires_at": now,
+            },
+        ),
+    ]
     for table, values in rows:
         connection.execute(insert(table), values)  # type: ignore[attr-defined]
 
