@@ -28,7 +28,7 @@ from qustody.domain.models import Decision, Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.policy.guard import Guard, not_found
 from qustody.storage import models as m
-from qustody.storage.db import Database, utc
+from qustody.storage.db import SYSTEM, Database, utc
 
 #: The longest maintenance window one request may declare.
 MAX_MAINTENANCE = timedelta(days=7)
@@ -91,13 +91,13 @@ def backend_states(
         windows.setdefault(row.backend, _window(row))
     states: dict[str, BackendState] = {}
     for name in names:
-        row = stored.get(name)
+        found = stored.get(name)
         states[name] = BackendState(
             backend=name,
-            paused=bool(row.paused) if row else False,
-            reason=row.reason if row else None,
+            paused=bool(found.paused) if found else False,
+            reason=found.reason if found else None,
             maintenance=windows.get(name),
-            max_running=row.max_running if row else None,
+            max_running=found.max_running if found else None,
         )
     return states
 
@@ -111,9 +111,14 @@ def lock_backend(connection: Connection, backend: str) -> None:
         connection.execute(
             pg_insert(table).values(backend=backend, paused=False).on_conflict_do_nothing()
         )
-        connection.execute(select(table.c.backend).where(table.c.backend == backend).with_for_update())
+        connection.execute(
+            select(table.c.backend).where(table.c.backend == backend).with_for_update()
+        )
         return
-    if connection.execute(select(table.c.backend).where(table.c.backend == backend)).first() is None:
+    if (
+        connection.execute(select(table.c.backend).where(table.c.backend == backend)).first()
+        is None
+    ):
         connection.execute(insert(table).values(backend=backend, paused=False))
 
 
@@ -153,7 +158,7 @@ class BackendControl:
     ) -> BackendState:
         """Start nothing more on ``backend`` (running jobs finish; new ones queue)."""
         resource = self._resource(backend)
-        reason = _reason(reason)
+        reason = checked_reason(reason)
         decision = self._guard.check(caller, Action.BACKEND_PAUSE, resource, request)
         self._set(caller, backend, Action.BACKEND_PAUSE, decision, request, reason, paused=True)
         return self.state(backend)
@@ -182,9 +187,7 @@ class BackendControl:
             connection.execute(
                 update(m.BACKEND_STATES)
                 .where(m.BACKEND_STATES.c.backend == backend)
-                .values(
-                    max_running=max_running, updated_at=self._clock.now(), updated_by=caller.id
-                )
+                .values(max_running=max_running, updated_at=self._clock.now(), updated_by=caller.id)
             )
             record(
                 connection,
@@ -243,8 +246,8 @@ class BackendControl:
     ) -> MaintenanceView:
         """Declare a window during which nothing starts on ``backend``."""
         resource = self._resource(backend)
-        reason = _reason(reason)
-        starts_at, ends_at = _window_bounds(starts_at, ends_at, self._clock.now(), MAX_MAINTENANCE)
+        reason = checked_reason(reason)
+        starts_at, ends_at = checked_window(starts_at, ends_at, self._clock.now(), MAX_MAINTENANCE)
         decision = self._guard.check(caller, Action.BACKEND_MAINTAIN, resource, request)
         now = self._clock.now()
         row = {
@@ -268,9 +271,7 @@ class BackendControl:
                 request=request,
                 reason=f"maintenance {row['id']} {starts_at.isoformat()}..{ends_at.isoformat()}",
             )
-        return MaintenanceView(
-            str(row["id"]), backend, starts_at, ends_at, reason, caller.id, None
-        )
+        return MaintenanceView(str(row["id"]), backend, starts_at, ends_at, reason, caller.id, None)
 
     def list_maintenance(
         self, caller: Principal, request: RequestContext, backend: str
@@ -325,7 +326,12 @@ class BackendControl:
         self._on_change()
         view = _window(row)
         return MaintenanceView(
-            view.id, view.backend, view.starts_at, view.ends_at, view.reason, view.created_by,
+            view.id,
+            view.backend,
+            view.starts_at,
+            view.ends_at,
+            view.reason,
+            view.created_by,
             view.cancelled_at or now,
         )
 
@@ -342,7 +348,7 @@ def _window(row: object) -> MaintenanceView:
     )
 
 
-def _reason(reason: str) -> str:
+def checked_reason(reason: str) -> str:
     reason = reason.strip()
     if not reason or len(reason) > MAX_REASON:
         raise InvalidRequest(
@@ -353,7 +359,7 @@ def _reason(reason: str) -> str:
     return reason
 
 
-def _window_bounds(
+def checked_window(
     starts_at: datetime, ends_at: datetime, now: datetime, longest: timedelta
 ) -> tuple[datetime, datetime]:
     """A window's bounds as aware UTC times, checked: it ends after it
@@ -384,3 +390,40 @@ def _window_bounds(
             field="ends_at",
         )
     return starts_at, ends_at
+
+
+#: The largest fair-queuing weight a tenant may be given.
+MAX_WEIGHT = 1000
+
+
+def set_share(db: Database, tenant_id: str, weight: int, *, actor: Actor) -> None:
+    """Give ``tenant_id`` a fair-queuing ``weight`` (default 1): over a busy
+    period its jobs start ``weight`` times as often as a weight-1 tenant's.
+    An operator action (``qustody queue share``), recorded as ``queue:share``."""
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise InvalidRequest(
+            f"weight is {weight}; it must be between 1 and {MAX_WEIGHT} (1 is everyone's "
+            "default share).",
+            field="weight",
+        )
+    table = m.TENANT_SHARES
+    with db.writing(scope=SYSTEM) as connection:
+        if (
+            connection.execute(select(m.TENANTS.c.id).where(m.TENANTS.c.id == tenant_id)).first()
+            is None
+        ):
+            raise not_found("tenant", tenant_id[:64])
+        changed = connection.execute(
+            update(table).where(table.c.tenant_id == tenant_id).values(weight=weight)
+        ).rowcount
+        if not changed:
+            connection.execute(
+                insert(table).values(tenant_id=tenant_id, weight=weight, finish_tag=0.0)
+            )
+        record(
+            connection,
+            Action.QUEUE_SHARE,
+            actor=actor,
+            target=Target("tenant", tenant_id, tenant_id),
+            reason=f"weight={weight}",
+        )

@@ -129,9 +129,7 @@ class Scheduler:
             return Outcome(job, held_back)
         return Outcome(None, held_back=True)
 
-    def _startable(
-        self, connection: Connection, groups: list[Group], now: datetime
-    ) -> list[Group]:
+    def _startable(self, connection: Connection, groups: list[Group], now: datetime) -> list[Group]:
         """The groups whose next job may start now (rule 1 of the module)."""
         backends = {g.backend for g in groups}
         states = backend_states(connection, backends, now)
@@ -203,9 +201,7 @@ def _charge(
             update(_SHARES).where(_SHARES.c.tenant_id == tenant_id).values(finish_tag=finish)
         )
     else:
-        connection.execute(
-            insert(_SHARES).values(tenant_id=tenant_id, weight=1, finish_tag=finish)
-        )
+        connection.execute(insert(_SHARES).values(tenant_id=tenant_id, weight=1, finish_tag=finish))
     connection.execute(update(_CLOCK).where(_CLOCK.c.id == 1).values(virtual_time=start))
 
 
@@ -223,7 +219,12 @@ def _next_of(session: Session, tenant_id: str, groups: list[Group], now: datetim
         .where(
             m.Job.state == _QUEUED,
             m.Job.tenant_id == tenant_id,
-            or_(*(and_(m.Job.project_id == g.project_id, m.Job.backend == g.backend) for g in groups)),
+            or_(
+                *(
+                    and_(m.Job.project_id == g.project_id, m.Job.backend == g.backend)
+                    for g in groups
+                )
+            ),
         )
         .order_by(in_started_session, m.Job.priority.desc(), m.Job.queued_at, m.Job.id)
         .limit(1)
