@@ -45,6 +45,7 @@ from qustody.client.models import (
     items_of,
 )
 from qustody.client.policies import PolicyDiff, PolicyVersion
+from qustody.client.webhooks import WebhookMethods
 
 if TYPE_CHECKING:
     from qiskit import QuantumCircuit
@@ -70,7 +71,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client(IdentityMethods, AccountMethods):
+class Client(IdentityMethods, AccountMethods, WebhookMethods):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
