@@ -52,8 +52,11 @@ from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.governance.approvals import ApprovalService, ApprovalSweeper
 from qustody.governance.breakglass import BreakGlassService
+from qustody.governance.budgets import BudgetCheck
 from qustody.governance.elevation import ElevationService
+from qustody.governance.quotas import QuotaCheck
 from qustody.governance.ratelimit import RateLimits, limits_from
+from qustody.governance.usage import UsageService
 from qustody.governance.webhooks import WebhookDeliverer, WebhookService
 from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
@@ -66,6 +69,7 @@ from qustody.identity.scim import ScimService
 from qustody.identity.tokens import SigningKey, TokenService
 from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
+from qustody.jobs.estimate import Estimator
 from qustody.jobs.notify import Notifier, notifier_for
 from qustody.jobs.scheduler import Scheduler
 from qustody.jobs.service import JobService
@@ -204,6 +208,8 @@ def build_runtime(
         CircuitLimits(),
         clock=clock,
     )
+    # Quotas before budgets: each locks its rows, always in this order.
+    jobs_service.admission.extend([QuotaCheck(), BudgetCheck()])
     signer = load_log_signer(
         settings.resolved_audit_key_file,
         settings.audit_origin or None,
@@ -277,6 +283,17 @@ def build_runtime(
     )
     services.breakglass = BreakGlassService(
         db, guard, max_seconds=settings.breakglass_max_seconds, clock=clock
+    )
+    services.usage = UsageService(db, guard, admin_service, registry, clock=clock)
+    services.estimates = Estimator(
+        db,
+        guard,
+        registry,
+        admin_service,
+        validate_circuit,
+        CircuitLimits(),
+        jobs_service.admission,
+        clock=clock,
     )
     return Runtime(services, keys, notifier, clock)
 

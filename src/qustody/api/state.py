@@ -12,6 +12,7 @@ from qustody.governance.approvals import ApprovalService
 from qustody.governance.breakglass import BreakGlassService
 from qustody.governance.elevation import ElevationService
 from qustody.governance.ratelimit import RateLimits
+from qustody.governance.usage import UsageService
 from qustody.governance.webhooks import WebhookService
 from qustody.identity.admin import AdminService
 from qustody.identity.apikeys import ApiKeyService
@@ -23,6 +24,7 @@ from qustody.identity.revocation import RevocationService
 from qustody.identity.scim import ScimService
 from qustody.identity.tokens import TokenService
 from qustody.identity.workload import WorkloadIdentity
+from qustody.jobs.estimate import Estimator
 from qustody.jobs.service import JobService
 from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
@@ -58,6 +60,9 @@ class Services:
     #: Token buckets (qustody.api.ratelimit); None: no limits (tools, some tests).
     rate_limits: RateLimits | None = None
     webhooks: WebhookService | None = None
+    #: Usage, quotas, budgets and prices (docs/quotas-and-budgets.md).
+    usage: UsageService | None = None
+    estimates: Estimator | None = None
 
 
 def services_of(request: Request) -> Services:
