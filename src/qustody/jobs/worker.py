@@ -42,6 +42,7 @@ from qustody.domain.ids import JobId, new_id
 from qustody.domain.models import ExecutionFailure, ExecutionRequest, ExecutionResult
 from qustody.domain.vocabulary import JobState
 from qustody.executors.sandbox import Sandbox
+from qustody.governance.budgets import settle
 from qustody.jobs.notify import Notifier
 from qustody.jobs.scheduler import Scheduler
 from qustody.jobs.service import (
@@ -288,6 +289,15 @@ class Worker:
                     reason=outcome.code,
                     outcome="failure",
                 )
+            # The estimate reserved against its budgets becomes the charge.
+            ran = outcome if isinstance(outcome, ExecutionResult) else None
+            settle(
+                session,
+                job,
+                execution_seconds=ran.execution_seconds if ran else None,
+                completed=ran is not None,
+                at=now,
+            )
         self._notifier.finished()
 
     def _store_result(
