@@ -38,6 +38,9 @@ ROLES = ("platform-admin", "tenant-admin", "developer", "viewer", "nobody")
 ALLOWED: Mapping[str, frozenset[Action]] = {
     "platform-admin": frozenset(
         {
+            Action.BREAKGLASS_INVOKE,
+            Action.BREAKGLASS_LIST,
+            Action.BREAKGLASS_REVIEW,
             Action.TENANT_CREATE,
             Action.TENANT_LIST,
             Action.TENANT_READ,
@@ -56,6 +59,14 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
     ),
     "tenant-admin": frozenset(
         {
+            Action.APPROVAL_REQUEST,
+            Action.APPROVAL_LIST,
+            Action.APPROVAL_READ,
+            Action.APPROVAL_APPROVE,
+            Action.APPROVAL_DENY,
+            Action.ELEVATION_REQUEST,
+            Action.ELEVATION_LIST,
+            Action.ELEVATION_REVOKE,
             Action.USAGE_READ,
             Action.BUDGET_SET,
             Action.BUDGET_READ,
@@ -114,6 +125,10 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
     ),
     "developer": frozenset(
         {
+            Action.APPROVAL_REQUEST,
+            Action.APPROVAL_LIST,
+            Action.ELEVATION_REQUEST,
+            Action.ELEVATION_LIST,
             Action.USAGE_READ,
             Action.JOB_ESTIMATE,
             Action.QUEUE_READ,
@@ -138,6 +153,10 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
     ),
     "viewer": frozenset(
         {
+            Action.APPROVAL_REQUEST,
+            Action.APPROVAL_LIST,
+            Action.ELEVATION_REQUEST,
+            Action.ELEVATION_LIST,
             Action.USAGE_READ,
             Action.QUEUE_READ,
             Action.RESERVATION_LIST,
@@ -161,6 +180,13 @@ ALLOWED: Mapping[str, frozenset[Action]] = {
 
 #: The permit that allows, per role and action (the matrix checks these ids).
 ALLOWED_BY: Mapping[tuple[str, Action], str] = {
+    ("platform-admin", Action.BREAKGLASS_INVOKE): "breakglass-operators",
+    ("platform-admin", Action.BREAKGLASS_LIST): "breakglass-operators",
+    ("platform-admin", Action.BREAKGLASS_REVIEW): "breakglass-review",
+    ("tenant-admin", Action.APPROVAL_READ): "approval-tenant-admins-decide",
+    ("tenant-admin", Action.APPROVAL_APPROVE): "approval-tenant-admins-decide",
+    ("tenant-admin", Action.APPROVAL_DENY): "approval-tenant-admins-decide",
+    ("tenant-admin", Action.ELEVATION_REVOKE): "elevation-revoke",
     ("platform-admin", Action.TENANT_CREATE): "platform-admin-tenant-catalogue",
     ("platform-admin", Action.TENANT_LIST): "platform-admin-tenant-catalogue",
     ("platform-admin", Action.TENANT_READ): "platform-admin-tenant-read",
@@ -227,6 +253,10 @@ ALLOWED_BY: Mapping[tuple[str, Action], str] = {
     ("tenant-admin", Action.SESSION_CLOSE): "tenant-admin-sessions",
 }
 _MEMBER_PERMITS: Mapping[Action, str] = {
+    Action.APPROVAL_REQUEST: "approval-members-ask",
+    Action.APPROVAL_LIST: "approval-members-ask",
+    Action.ELEVATION_REQUEST: "approval-members-ask",
+    Action.ELEVATION_LIST: "approval-members-ask",
     Action.PROJECT_LIST: "member-own-tenant",
     Action.BACKEND_LIST: "member-backend-catalogue",
     Action.BACKEND_READ: "member-backend-read",
@@ -308,6 +338,36 @@ def resource_for(
 ) -> Resource:
     """The resource each action aims at (as the schema's ``appliesTo`` says)."""
     match action:
+        case (
+            Action.APPROVAL_READ
+            | Action.APPROVAL_APPROVE
+            | Action.APPROVAL_DENY
+            | Action.APPROVAL_CANCEL
+            | Action.APPROVAL_EXPIRE
+            | Action.APPROVAL_USE
+        ):
+            # Someone else's request (one's own is never one's to approve).
+            return Resource(
+                type="approval", id="apr_1", tenant_id=tenant, owner_id=PrincipalId("usr_other")
+            )
+        case (
+            Action.ELEVATION_ACTIVATE
+            | Action.ELEVATION_REVOKE
+            | Action.ELEVATION_EXPIRE
+            | Action.BREAKGLASS_REVIEW
+        ):
+            return Resource(
+                type="grant", id="grt_1", tenant_id=tenant, owner_id=PrincipalId("usr_other")
+            )
+        case (
+            Action.APPROVAL_REQUEST
+            | Action.APPROVAL_LIST
+            | Action.ELEVATION_REQUEST
+            | Action.ELEVATION_LIST
+            | Action.BREAKGLASS_INVOKE
+            | Action.BREAKGLASS_LIST
+        ):
+            return Resource(type="tenant", id=tenant, tenant_id=tenant)
         case (
             Action.TENANT_CREATE
             | Action.TENANT_LIST
@@ -414,7 +474,8 @@ def resource_for(
 @pytest.fixture(scope="module")
 def engine() -> CedarPolicyEngine:
     # check_requests: every request the tests make must also conform to the schema.
-    return CedarPolicyEngine(platform_tenant_id=PLATFORM, check_requests=True)
+    # The platform's @approvals forbids are tested in tests/integration/test_approvals.py.
+    return CedarPolicyEngine(platform_tenant_id=PLATFORM, check_requests=True, approvals=False)
 
 
 def test_engine_satisfies_the_protocol(engine: CedarPolicyEngine) -> None:
