@@ -51,11 +51,14 @@ from qustody.domain.vocabulary import Action
 from qustody.executors.registry import default_registry
 from qustody.executors.sandbox import Sandbox, SandboxLimits
 from qustody.governance.approvals import ApprovalService, ApprovalSweeper
+from qustody.governance.backends import BackendControl
 from qustody.governance.breakglass import BreakGlassService
 from qustody.governance.budgets import BudgetCheck
 from qustody.governance.elevation import ElevationService
 from qustody.governance.quotas import QuotaCheck
 from qustody.governance.ratelimit import RateLimits, limits_from
+from qustody.governance.reservations import Reservations
+from qustody.governance.sessions import SessionCheck, Sessions
 from qustody.governance.usage import UsageService
 from qustody.governance.webhooks import WebhookDeliverer, WebhookService
 from qustody.identity.admin import AdminService
@@ -71,6 +74,7 @@ from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.circuits import CircuitLimits, default_parser_pool, validate_circuit
 from qustody.jobs.estimate import Estimator
 from qustody.jobs.notify import Notifier, notifier_for
+from qustody.jobs.queue import QueueReader, Scheduling
 from qustody.jobs.scheduler import Scheduler
 from qustody.jobs.service import JobService
 from qustody.jobs.worker import Worker
@@ -140,6 +144,9 @@ class Runtime:
             clock=self.clock,
             scheduler=Scheduler(default_concurrency=settings.backend_concurrency),
             start_jitter_ms=settings.start_jitter_ms,
+            upkeep=[self.services.scheduling.sessions.expire_due]
+            if self.services.scheduling
+            else [],
         )
         return worker, sandbox
 
@@ -210,6 +217,7 @@ def build_runtime(
     )
     # Quotas before budgets: each locks its rows, always in this order.
     jobs_service.admission.extend([QuotaCheck(), BudgetCheck()])
+    jobs_service.admission.append(SessionCheck())
     signer = load_log_signer(
         settings.resolved_audit_key_file,
         settings.audit_origin or None,
@@ -269,6 +277,16 @@ def build_runtime(
             timeout_seconds=settings.webhook_timeout_seconds,
             max_attempts=settings.webhook_max_attempts,
         ),
+    )
+    services.scheduling = Scheduling(
+        backends=BackendControl(db, guard, registry.names, clock=clock, on_change=notifier.notify),
+        reservations=Reservations(
+            db, guard, registry.names, max_hours=settings.reservation_max_hours, clock=clock
+        ),
+        sessions=Sessions(
+            db, guard, registry.names, max_ttl_seconds=settings.session_max_ttl_seconds, clock=clock
+        ),
+        queue=QueueReader(db, guard, registry, busy_depth=settings.busy_queue_depth, clock=clock),
     )
     approvals = ApprovalService(db, guard, clock=clock, on_queued=notifier.notify)
     guard.approvals = approvals

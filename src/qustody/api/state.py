@@ -25,6 +25,7 @@ from qustody.identity.scim import ScimService
 from qustody.identity.tokens import TokenService
 from qustody.identity.workload import WorkloadIdentity
 from qustody.jobs.estimate import Estimator
+from qustody.jobs.queue import Scheduling
 from qustody.jobs.service import JobService
 from qustody.keys.tenant import TenantKeys
 from qustody.policy.audit_reader import AuditReader
@@ -60,6 +61,8 @@ class Services:
     #: Token buckets (qustody.api.ratelimit); None: no limits (tools, some tests).
     rate_limits: RateLimits | None = None
     webhooks: WebhookService | None = None
+    #: Backend operations, reservations, sessions and queue views (docs/scheduling.md).
+    scheduling: Scheduling | None = None
     #: Usage, quotas, budgets and prices (docs/quotas-and-budgets.md).
     usage: UsageService | None = None
     estimates: Estimator | None = None

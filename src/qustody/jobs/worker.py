@@ -28,6 +28,7 @@ import os
 import random
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, cast
@@ -83,6 +84,7 @@ class Worker:
         clock: Clock = SYSTEM_CLOCK,
         scheduler: Scheduler | None = None,
         start_jitter_ms: int = 0,
+        upkeep: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._db = db
         self._keys = keys
@@ -96,6 +98,8 @@ class Worker:
         #: A random delay of up to this many milliseconds before each claim, so the
         #: moment a job starts tells its tenant little about when others' jobs end.
         self._jitter = max(0, start_jitter_ms) / 1000.0
+        #: Done as the leases are kept (recording expired sessions).
+        self._upkeep = tuple(upkeep)
         self.slots = slots
         self.lease = timedelta(seconds=lease_seconds)
         self._idle_poll = idle_poll_seconds
@@ -152,6 +156,8 @@ class Worker:
             try:
                 self.renew_leases()
                 self.requeue_expired()
+                for task in self._upkeep:
+                    task()
             except Exception:
                 log.exception("lease upkeep failed; retrying")
 
