@@ -334,6 +334,33 @@ def _tenant_rows(connection: object, tenant_id: str, principal_id: str, project_
             },
         ),
     ]
+    rows += [
+        (
+            m.WEBHOOK_ENDPOINTS,
+            {
+                "id": f"whk_{short}",
+                "tenant_id": tenant_id,
+                "platform": False,
+                "url": "https://alerts.example.com/hook",
+                "kinds": ["budget.*"],
+                "created_at": now,
+                "created_by": principal_id,
+            },
+        ),
+        (m.WEBHOOK_FANOUT, {"alert_id": f"alr_{short}", "tenant_id": tenant_id, "at": now}),
+        (
+            m.WEBHOOK_DELIVERIES,
+            {
+                "id": f"msg_{short}",
+                "tenant_id": tenant_id,
+                "alert_id": f"alr_{short}",
+                "endpoint_id": f"whk_{short}",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            },
+        ),
+    ]
     for table, values in rows:
         connection.execute(insert(table), values)  # type: ignore[attr-defined]
 
