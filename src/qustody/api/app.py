@@ -36,6 +36,7 @@ from qustody.api.routes import (
     keys,
     login,
     policies,
+    scheduling,
     scim,
     token_exchange,
     webhooks,
@@ -510,6 +511,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(credentials.router)
     app.include_router(token_exchange.router)
     app.include_router(webhooks.router)
+    app.include_router(scheduling.router)
     app.mount(scim.PREFIX, scim.create_scim_app(rt.services))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

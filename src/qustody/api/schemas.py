@@ -48,6 +48,14 @@ class JobSubmit(Request):
         ],
         Field(max_length=MAX_LABELS, description="Key-value labels; stored encrypted"),
     ] = {}
+    priority: Annotated[
+        int,
+        Field(ge=0, le=9, description="0-9; higher starts first among your tenant's own jobs"),
+    ] = 0
+    session: Annotated[
+        str | None,
+        Field(min_length=1, max_length=64, description="A session of yours (ses_...) to join"),
+    ] = None
 
 
 class CircuitSummary(Response):
@@ -103,6 +111,8 @@ class Job(Response):
     cost: int | None = None
     #: Present in the answer to a submission: e.g. a quota 80 % used.
     warnings: list[JobWarning] = []
+    #: Queued: its place among your tenant's queued jobs on its backend (1: next).
+    queue_position: int | None = None
 
     @classmethod
     def of(cls, job: JobView) -> Job:
@@ -146,6 +156,7 @@ class Job(Response):
             estimated_cost=job.estimated_cost,
             cost=job.cost,
             warnings=[JobWarning(code=code, detail=detail) for code, detail in job.warnings],
+            queue_position=job.queue_position,
         )
 
 
@@ -185,6 +196,10 @@ class Backend(Response):
     basis_gates: list[str]
     method: str
     online: bool
+    #: Operating state (docs/scheduling.md): jobs queue but do not start while
+    #: a backend is paused or inside a maintenance window.
+    paused: bool = False
+    maintenance: bool = False
 
 
 class BackendList(Response):

@@ -7,6 +7,7 @@ circuit and the result are stored only sealed under the tenant's key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -52,6 +53,7 @@ from qustody.identity.admin import AdminService
 from qustody.jobs.circuits import CircuitLimits, check_against_backend
 from qustody.jobs.errors import JobNotFinished
 from qustody.jobs.notify import Notifier
+from qustody.jobs.queue import queue_position
 from qustody.jobs.views import JobPage, JobView, ResultView, TransitionView
 from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.facts import backend_attributes, job_attributes, submission_context
@@ -520,7 +522,12 @@ class JobService:
                 checked = True
             remaining = deadline - time.monotonic()
             if JobState(job.state).terminal or remaining <= 0:
-                return view(job, transitions, self._metadata(job))
+                found = view(job, transitions, self._metadata(job))
+                if job.state == JobState.QUEUED.value:
+                    with self._db.reading() as connection:
+                        position = queue_position(connection, job)
+                    found = dataclasses.replace(found, queue_position=position)
+                return found
             # Woken by any job finishing; re-check at least every second in
             # case a signal from another process was lost.
             self._notifier.wait_finished(generation, min(remaining, 1.0))

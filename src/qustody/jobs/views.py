@@ -52,6 +52,9 @@ class JobView:
     #: What the submitter should know though the job was accepted, as
     #: (code, detail) pairs; only in the answer to the submission.
     warnings: tuple[tuple[str, str], ...] = ()
+    #: A queued job's place among its own tenant's queued jobs on its backend
+    #: (1: next of theirs); other tenants' jobs are never counted.
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

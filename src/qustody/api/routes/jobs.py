@@ -31,6 +31,8 @@ def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> 
         seed=body.seed,
         name=body.name,
         labels=body.labels,
+        priority=body.priority,
+        session=body.session,
     )
     job = services_of(request).jobs.submit(caller.principal, caller.request, spec)
     return schemas.Job.of(job)
@@ -114,15 +116,27 @@ def get_result(
     "/backends", response_model=schemas.BackendList, openapi_extra=secured(Action.BACKEND_LIST)
 )
 def list_backends(caller: CallerDep, request: Request) -> schemas.BackendList:
-    infos = services_of(request).jobs.backends(caller.principal, caller.request)
-    return schemas.BackendList(items=[_backend(i) for i in infos])
+    services = services_of(request)
+    infos = services.jobs.backends(caller.principal, caller.request)
+    items = [_backend(i) for i in infos]
+    if services.scheduling is not None:
+        states = services.scheduling.backends.states(i.name for i in items)
+        for item in items:
+            item.paused = states[item.name].paused
+            item.maintenance = states[item.name].maintenance is not None
+    return schemas.BackendList(items=items)
 
 
 @router.get(
     "/backends/{name}", response_model=schemas.Backend, openapi_extra=secured(Action.BACKEND_READ)
 )
 def get_backend(name: str, caller: CallerDep, request: Request) -> schemas.Backend:
-    return _backend(services_of(request).jobs.backend(caller.principal, caller.request, name))
+    services = services_of(request)
+    item = _backend(services.jobs.backend(caller.principal, caller.request, name))
+    if services.scheduling is not None:
+        state = services.scheduling.backends.state(item.name)
+        item.paused, item.maintenance = state.paused, state.maintenance is not None
+    return item
 
 
 def _backend(info: object) -> schemas.Backend:
