@@ -65,6 +65,7 @@ GLOBAL_TABLES = {
     "audit_checkpoints": "signed tree heads",
     "dpop_proofs": "proof ids seen, before any tenant is known",
     "login_requests": "browser sign-ins in flight, before any tenant is known",
+    "backend_prices": "the platform's price list of its backends, the same for every tenant",
 }
 
 #: A valid tenant policy that changes no decision.
@@ -358,6 +359,72 @@ def _tenant_rows(connection: object, tenant_id: str, principal_id: str, project_
                 "attempts": 0,
                 "next_attempt_at": now,
                 "created_at": now,
+            },
+        ),
+    ]
+    rows += [
+        (
+            m.QUOTAS,
+            {
+                "id": f"quo_{short}",
+                "tenant_id": tenant_id,
+                "scope": "tenant",
+                "metric": "queued_jobs",
+                "maximum": 10,
+                "updated_at": now,
+                "updated_by": principal_id,
+            },
+        ),
+        (
+            m.BUDGETS,
+            {
+                "id": f"bud_{short}",
+                "tenant_id": tenant_id,
+                "scope": "tenant",
+                "period": "month",
+                "maximum": 10_000_000,
+                "thresholds": [50, 80, 100],
+                "updated_at": now,
+                "updated_by": principal_id,
+            },
+        ),
+        (
+            m.BUDGET_CROSSINGS,
+            {
+                "budget_id": f"bud_{short}",
+                "period_start": now,
+                "threshold": 50,
+                "tenant_id": tenant_id,
+                "alert_id": f"alr_{short}",
+                "at": now,
+            },
+        ),
+    ]
+    rows += [
+        (m.TENANT_SHARES, {"tenant_id": tenant_id, "weight": 1, "finish_tag": 0.0}),
+        (
+            m.RESERVATIONS,
+            {
+                "id": f"rsv_{short}",
+                "tenant_id": tenant_id,
+                "backend": "aer-statevector",
+                "starts_at": now,
+                "ends_at": now,
+                "reason": "seeded",
+                "created_at": now,
+                "created_by": principal_id,
+            },
+        ),
+        (
+            m.JOB_SESSIONS,
+            {
+                "id": f"ses_{short}",
+                "tenant_id": tenant_id,
+                "principal_id": principal_id,
+                "backend": "aer-statevector",
+                "state": "open",
+                "created_at": now,
+                "expires_at": now,
             },
         ),
     ]
