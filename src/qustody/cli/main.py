@@ -39,6 +39,7 @@ from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
 from qustody.cli.policy import policy
 from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
+from qustody.cli.webhooks import webhook
 from qustody.client import Client
 from qustody.client.errors import QustodyClientError, QustodyTimeoutError, StepUpRequired
 from qustody.domain.errors import InsecureDevelopmentWarning, QustodyError
@@ -659,6 +660,7 @@ cli.add_command(secrets)
 cli.add_command(export_key)
 cli.add_command(unseal)
 cli.add_command(policy)
+cli.add_command(webhook)
 
 
 def main() -> None:
