@@ -91,7 +91,7 @@ class BreakGlassService:
             Action.BREAKGLASS_INVOKE,
             tenant,
             request,
-            context={"role": wanted.value, "duration_seconds": duration_seconds},
+            context={"elevation_role": wanted.value, "duration_seconds": duration_seconds},
         )
         now = self._clock.now()
         with self._db.writing() as connection:

@@ -189,7 +189,7 @@ class ElevationService:
                 f"{wanted.value} is a project role; name the project.", field="project"
             )
         tenant = Resource("tenant", caller.tenant_id, caller.tenant_id)
-        context = {"role": wanted.value, "duration_seconds": duration_seconds}
+        context = {"elevation_role": wanted.value, "duration_seconds": duration_seconds}
         decision, need = self._guard.needs_approval(
             caller, Action.ELEVATION_REQUEST, tenant, request, context=context
         )

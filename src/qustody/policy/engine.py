@@ -309,6 +309,10 @@ class CedarPolicyEngine:
     it they are left out (a development convenience: privileged actions then
     need no fresh multi-factor sign-in).
 
+    ``approvals`` keeps the platform's ``@approvals`` policies (the app sets
+    it from ``QUSTODY_APPROVALS``, on in production); tenants' own
+    ``@approvals`` policies apply either way.
+
     ``tenant_policies`` adds policies of one tenant (same forms, keyed by tenant
     id). They may only forbid, and are evaluated, together with the shared
     ones, only for that tenant's principals: a tenant's policy can narrow what
@@ -341,7 +345,7 @@ class CedarPolicyEngine:
         check_requests: bool = False,
         platform_tenant_id: TenantId | None = None,
         step_up: bool = True,
-        approvals: bool = True,
+        approvals: bool = False,
     ) -> None:
         self._platform_tenant_id = platform_tenant_id
         self._schema = _parse_schema(default_schema() if schema is None else schema)
