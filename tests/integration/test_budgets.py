@@ -203,7 +203,8 @@ def test_an_estimate_answers_without_storing_anything(priced: Tenancy) -> None:
     ]
     too_big = estimates.estimate(acme.developer, ctx(), spec(500))
     assert too_big.admitted is False
-    assert too_big.refusal is not None and too_big.refusal.code == "budget_exceeded"
+    assert too_big.refusal is not None
+    assert too_big.refusal.code == "budget_exceeded"
     assert count(acme, m.JOBS) == 0
     assert count(acme, m.ALERTS) == 0
     assert count(acme, m.AUDIT_EVENTS, m.AUDIT_EVENTS.c.event_type == "job:estimate") == 2
