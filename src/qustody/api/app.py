@@ -39,6 +39,7 @@ from qustody.api.routes import (
     scheduling,
     scim,
     token_exchange,
+    usage,
     webhooks,
 )
 from qustody.api.schemas import MAX_BODY_BYTES
@@ -510,6 +511,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(accounts.router)
     app.include_router(credentials.router)
     app.include_router(token_exchange.router)
+    app.include_router(usage.router)
     app.include_router(webhooks.router)
     app.include_router(scheduling.router)
     app.mount(scim.PREFIX, scim.create_scim_app(rt.services))

@@ -13,6 +13,11 @@ from qustody.domain.vocabulary import Action
 from qustody.jobs.service import SubmitRequest
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+#: Notices of an accepted job that are also sent as response headers.
+WARNING_HEADERS = {
+    "quota_warning": "Qustody-Quota-Warning",
+    "budget_warning": "Qustody-Budget-Warning",
+}
 
 
 @router.post(
@@ -21,7 +26,9 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     response_model=schemas.Job,
     openapi_extra=secured(Action.JOB_SUBMIT),
 )
-def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> schemas.Job:
+def submit_job(
+    body: schemas.JobSubmit, caller: CallerDep, request: Request, response: Response
+) -> schemas.Job:
     spec = SubmitRequest(
         project=body.project,
         backend=body.backend,
@@ -35,6 +42,11 @@ def submit_job(body: schemas.JobSubmit, caller: CallerDep, request: Request) -> 
         session=body.session,
     )
     job = services_of(request).jobs.submit(caller.principal, caller.request, spec)
+    # Quotas and budgets at 80 % or more, also as headers a client can watch.
+    for code, header in WARNING_HEADERS.items():
+        details = [detail for kind, detail in job.warnings if kind == code]
+        if details:
+            response.headers[header] = " ".join(details)
     return schemas.Job.of(job)
 
 
