@@ -203,6 +203,24 @@ PROBES: list[Probe] = [
     Probe("POST", "/v1/jobs/{job_id}/cancel", "path:job_id", ("job_id",), REFUSED),
     Probe("GET", "/v1/jobs/{job_id}/result", "path:job_id", ("job_id",), REFUSED),
     Probe(
+        "POST",
+        "/v1/jobs",
+        "body:session",
+        ("session_id",),
+        REFUSED,
+        body={"project": "research", "backend": "aer-statevector", "shots": 8, "qasm": ONE_QUBIT},
+    ),
+    # scheduling: sessions and reservations
+    Probe("GET", "/v1/sessions/{session_id}", "path:session_id", ("session_id",), REFUSED),
+    Probe("POST", "/v1/sessions/{session_id}/close", "path:session_id", ("session_id",), REFUSED),
+    Probe(
+        "POST",
+        "/v1/reservations/{reservation_id}/cancel",
+        "path:reservation_id",
+        ("reservation_id",),
+        REFUSED,
+    ),
+    Probe(
         "GET",
         "/v1/jobs/{job_id}/result",
         "path:job_id",
@@ -281,6 +299,16 @@ PROBES: list[Probe] = [
     ),
     Probe("GET", "/v1/api-keys", "query:principal", ("principal_name",), FILTER),
     Probe("DELETE", "/v1/api-keys/{key_id}", "path:key_id", ("apikey_id",), REFUSED),
+    # webhook endpoints
+    Probe("DELETE", "/v1/webhooks/{webhook_id}", "path:webhook_id", ("webhook_id",), REFUSED),
+    Probe(
+        "GET",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        "path:webhook_id",
+        ("webhook_id",),
+        REFUSED,
+    ),
+    Probe("POST", "/v1/webhooks/{webhook_id}/test", "path:webhook_id", ("webhook_id",), REFUSED),
     Probe(
         "POST",
         "/v1/trust-rules",
@@ -444,6 +472,28 @@ NOT_TENANT_IDS: dict[tuple[str, str, str], str] = {
     ("GET", "/v1/jobs/{job_id}", "query:wait"): "seconds to wait for the job to finish",
     ("GET", "/v1/jobs/{job_id}/result", "query:sealed"): _FLAG,
     ("GET", "/v1/backends/{name}", "path:name"): _PLATFORM_BACKEND,
+    ("POST", "/v1/jobs", "body:priority"): "a number from 0 to 9, ordering the caller's own jobs",
+    ("POST", "/v1/backends/{name}/pause", "path:name"): _PLATFORM_BACKEND,
+    ("POST", "/v1/backends/{name}/pause", "body:reason"): "free text the operator gives",
+    ("POST", "/v1/backends/{name}/resume", "path:name"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/backends/{name}/concurrency", "path:name"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/backends/{name}/concurrency", "body:max_running"): "a count",
+    ("POST", "/v1/backends/{name}/maintenance", "path:name"): _PLATFORM_BACKEND,
+    ("POST", "/v1/backends/{name}/maintenance", "body:starts_at"): _TIME,
+    ("POST", "/v1/backends/{name}/maintenance", "body:ends_at"): _TIME,
+    ("POST", "/v1/backends/{name}/maintenance", "body:reason"): "free text the operator gives",
+    ("GET", "/v1/backends/{name}/maintenance", "path:name"): _PLATFORM_BACKEND,
+    ("POST", "/v1/backends/{name}/maintenance/{window_id}/cancel", "path:name"): _PLATFORM_BACKEND,
+    ("POST", "/v1/backends/{name}/maintenance/{window_id}/cancel", "path:window_id"): "a "
+    "maintenance window: the platform's, on a shared backend, declared by platform admins",
+    ("GET", "/v1/backends/{name}/queue", "path:name"): _PLATFORM_BACKEND + "; the answer "
+    "lists the caller's own tenant's jobs only",
+    ("POST", "/v1/reservations", "body:backend"): _PLATFORM_BACKEND,
+    ("POST", "/v1/reservations", "body:starts_at"): _TIME,
+    ("POST", "/v1/reservations", "body:ends_at"): _TIME,
+    ("POST", "/v1/reservations", "body:reason"): "free text kept with the caller's reservation",
+    ("POST", "/v1/sessions", "body:backend"): _PLATFORM_BACKEND,
+    ("POST", "/v1/sessions", "body:max_ttl_seconds"): "a lifetime",
     ("POST", "/v1/projects", "body:data_class"): _VOCABULARY + " (data classes)",
     ("POST", "/v1/members", "body:role"): _VOCABULARY + " (roles)",
     ("POST", "/v1/members", "body:kind"): _VOCABULARY + " (principal kinds)",
@@ -604,8 +654,20 @@ NOT_TENANT_IDS |= {
     ("PUT", "/scim/v2/Groups/{group_id}", "body:members[]/value"): "as in POST /scim/v2/Groups",
     ("PUT", "/scim/v2/Groups/{group_id}", f"body:{GRANT}/project"): "as in POST /scim/v2/Groups",
     ("POST", "/v1/jobs/{job_id}/cancel", "body:*"): _NO_BODY,
+    ("POST", "/v1/backends/{name}/resume", "body:*"): _NO_BODY,
+    ("POST", "/v1/backends/{name}/maintenance/{window_id}/cancel", "body:*"): _NO_BODY,
+    ("POST", "/v1/reservations/{reservation_id}/cancel", "body:*"): _NO_BODY,
+    ("POST", "/v1/sessions/{session_id}/close", "body:*"): _NO_BODY,
     ("POST", "/v1/audit/checkpoint", "body:*"): _NO_BODY,
     ("POST", "/v1/principals/{principal}/totp", "body:*"): _NO_BODY,
+}
+
+NOT_TENANT_IDS |= {
+    ("POST", "/v1/webhooks", "body:url"): "the receiver's address the caller gives",
+    ("POST", "/v1/webhooks", "body:kinds"): "alert kind patterns (budget.*)",
+    ("POST", "/v1/webhooks", "body:description"): "free text of the caller's own endpoint",
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries", "query:limit"): _PAGE_SIZE,
+    ("POST", "/v1/webhooks/{webhook_id}/test", "body:*"): _NO_BODY,
 }
 
 

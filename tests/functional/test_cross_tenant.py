@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -376,6 +376,21 @@ def _tenant_a(
     _ok(http.post("/v1/keys/rotate", json={"project_id": lab["id"]}, headers=admin))
     _ok(http.get(f"/v1/jobs/{done['id']}/result", params={"sealed": "true"}, headers=admin))
     extra = _tenant_a_credentials(http, admin, has)
+    session = _ok(http.post("/v1/sessions", json={"backend": "aer-statevector"}, headers=dev), 201)
+    later = datetime.now(UTC) + timedelta(days=3)
+    reservation = _ok(
+        http.post(
+            "/v1/reservations",
+            json={
+                "backend": "aer-stabilizer",
+                "starts_at": later.isoformat(),
+                "ends_at": (later + timedelta(hours=1)).isoformat(),
+                "reason": "calibration",
+            },
+            headers=admin,
+        ),
+        201,
+    )
     rings = _ok(http.get("/v1/keys", headers=admin))["items"]
     members = _ok(http.get("/v1/members", headers=admin))["items"]
     events = _log(http, admin)
@@ -413,12 +428,15 @@ def _tenant_a(
         "principal_id": principal_ids,
         "actor_id": sorted({str(e["actor_id"]) for e in events} & set(principal_ids)),
         "job_id": job_ids,
+        "session_id": [session["id"]],
+        "reservation_id": [reservation["id"]],
         "jti": jtis,
         "secret_name": [A_NAMES[2]],
         "resource_id": resource_ids,
         "audit_seq": [str(seqs[0]), str(seqs[len(seqs) // 2]), str(seqs[-1])],
         "audit_position": [str(seqs[len(seqs) // 2])],
         "apikey_id": extra.get("apikey_id", []),
+        "webhook_id": extra.get("webhook_id", []),
         "apikey_name": extra.get("apikey_name", []),
         "trustrule_id": extra.get("trustrule_id", []),
         "trustrule_name": extra.get("trustrule_name", []),
@@ -447,6 +465,7 @@ def _tenant_a(
         exported["fingerprint"],
         *(v["key_id"] for r in rings for v in r["versions"]),
         *extra.get("apikey_id", []),
+        *extra.get("webhook_id", []),
         *extra.get("trustrule_id", []),
         *extra.get("scim_user_id", []),
         *extra.get("group_id", []),
@@ -473,6 +492,9 @@ def _tenant_a_credentials(
             http.post("/v1/api-keys", json=body | {"expires_in_days": 30}, headers=admin), 201
         )
         found |= {"apikey_id": [key["id"]], "apikey_name": [A_NAMES[5]]}
+    if ("POST", "/v1/webhooks") in has:
+        hook = {"url": "https://alerts.example.com/alpha", "kinds": ["budget.*"]}
+        found["webhook_id"] = [_ok(http.post("/v1/webhooks", json=hook, headers=admin), 201)["id"]]
     if ("POST", "/v1/trust-rules") in has:
         rule_body = {"name": A_NAMES[6], "principal": A_NAMES[1], **TRUST_RULE}
         rule = _ok(http.post("/v1/trust-rules", json=rule_body, headers=admin), 201)
