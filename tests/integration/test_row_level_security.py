@@ -66,6 +66,11 @@ GLOBAL_TABLES = {
     "dpop_proofs": "proof ids seen, before any tenant is known",
     "login_requests": "browser sign-ins in flight, before any tenant is known",
     "backend_prices": "the platform's price list of its backends, the same for every tenant",
+    "rate_limit_buckets": "brute-force buckets keyed by digests of addresses and account names, "
+    "checked before any tenant is known",
+    "backend_states": "the platform's backends: paused or not, their concurrency limits",
+    "maintenance_windows": "the platform's maintenance windows of its shared backends",
+    "scheduler_clock": "the fair queue's virtual time, one number",
 }
 
 #: A valid tenant policy that changes no decision.
@@ -400,8 +405,8 @@ def _tenant_rows(connection: object, tenant_id: str, principal_id: str, project_
             },
         ),
     ]
+    # (tenant_shares: the worker's claim of the tenant's job made its row.)
     rows += [
-        (m.TENANT_SHARES, {"tenant_id": tenant_id, "weight": 1, "finish_tag": 0.0}),
         (
             m.RESERVATIONS,
             {

@@ -27,6 +27,7 @@ from qustody.domain.ids import looks_like_id, new_id
 from qustody.domain.models import Decision, Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, utc
 
@@ -153,6 +154,7 @@ class BackendControl:
     def state(self, backend: str) -> BackendState:
         return self.states([backend])[backend]
 
+    @records_misses(Action.BACKEND_PAUSE)
     def pause(
         self, caller: Principal, request: RequestContext, backend: str, reason: str
     ) -> BackendState:
@@ -163,6 +165,7 @@ class BackendControl:
         self._set(caller, backend, Action.BACKEND_PAUSE, decision, request, reason, paused=True)
         return self.state(backend)
 
+    @records_misses(Action.BACKEND_RESUME)
     def resume(self, caller: Principal, request: RequestContext, backend: str) -> BackendState:
         resource = self._resource(backend)
         decision = self._guard.check(caller, Action.BACKEND_RESUME, resource, request)
@@ -170,6 +173,7 @@ class BackendControl:
         self._on_change()
         return self.state(backend)
 
+    @records_misses(Action.BACKEND_MAINTAIN)
     def set_concurrency(
         self, caller: Principal, request: RequestContext, backend: str, max_running: int | None
     ) -> BackendState:
@@ -234,6 +238,7 @@ class BackendControl:
                 reason=reason,
             )
 
+    @records_misses(Action.BACKEND_MAINTAIN)
     def add_maintenance(
         self,
         caller: Principal,
@@ -273,6 +278,7 @@ class BackendControl:
             )
         return MaintenanceView(str(row["id"]), backend, starts_at, ends_at, reason, caller.id, None)
 
+    @records_misses(Action.BACKEND_READ)
     def list_maintenance(
         self, caller: Principal, request: RequestContext, backend: str
     ) -> list[MaintenanceView]:
@@ -291,6 +297,7 @@ class BackendControl:
             ).all()
         return [_window(r) for r in rows]
 
+    @records_misses(Action.BACKEND_MAINTAIN)
     def cancel_maintenance(
         self, caller: Principal, request: RequestContext, backend: str, window_id: str
     ) -> MaintenanceView:

@@ -28,6 +28,7 @@ from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.governance.backends import checked_reason, checked_window, lock_backend
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, utc
 
@@ -68,6 +69,7 @@ class Reservations:
         self._longest = timedelta(hours=max_hours)
         self._clock = clock
 
+    @records_misses(Action.RESERVATION_CREATE)
     def create(
         self,
         caller: Principal,
@@ -140,6 +142,7 @@ class Reservations:
             rows = connection.execute(query.order_by(_TABLE.c.starts_at).limit(500)).all()
         return [_view(r._mapping) for r in rows]
 
+    @records_misses(Action.RESERVATION_CANCEL)
     def cancel(
         self, caller: Principal, request: RequestContext, reservation_id: str
     ) -> ReservationView:

@@ -32,6 +32,7 @@ from qustody.domain.models import Principal, RequestContext, Resource
 from qustody.domain.vocabulary import Action
 from qustody.governance.admission import Admitted, Submission
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, utc
 
@@ -83,6 +84,7 @@ class Sessions:
         self.max_ttl_seconds = max_ttl_seconds
         self._clock = clock
 
+    @records_misses(Action.SESSION_CREATE)
     def create(
         self,
         caller: Principal,
@@ -137,6 +139,7 @@ class Sessions:
             raise not_found("session", session_id)
         return _view(row._mapping)
 
+    @records_misses(Action.SESSION_READ)
     def get(self, caller: Principal, request: RequestContext, session_id: str) -> SessionView:
         with self._db.reading() as connection:
             found = self._load(connection, caller, session_id)
@@ -156,6 +159,7 @@ class Sessions:
             rows = connection.execute(query.order_by(_TABLE.c.created_at.desc()).limit(200)).all()
         return [self._as_of(_view(r._mapping)) for r in rows]
 
+    @records_misses(Action.SESSION_CLOSE)
     def close(self, caller: Principal, request: RequestContext, session_id: str) -> SessionView:
         with self._db.reading() as connection:
             found = self._load(connection, caller, session_id)

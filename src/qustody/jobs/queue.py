@@ -27,6 +27,7 @@ from qustody.governance.sessions import Sessions
 from qustody.jobs.scheduler import queue_positions
 from qustody.policy.facts import backend_attributes
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import SYSTEM, Database, utc
 
@@ -69,6 +70,7 @@ class QueueReader:
         self._busy_depth = busy_depth
         self._clock = clock
 
+    @records_misses(Action.QUEUE_READ)
     def backend_queue(
         self, caller: Principal, request: RequestContext, backend: str
     ) -> BackendQueue:
