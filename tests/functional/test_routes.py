@@ -129,6 +129,14 @@ BODIES = {
         "principal": "acme-dev",
     },
     "/v1/policies": {"text": ""},
+    "/v1/quotas": {"metric": "queued_jobs", "limit": 1},
+    "/v1/budgets": {"period": "day", "limit": 1},
+    "/v1/backends/{name}/price": {"per_shot": 1},
+    "/v1/jobs:estimate": {
+        "project": "research",
+        "backend": "aer-statevector",
+        "qasm": "OPENQASM 2.0;",
+    },
     "/v1/principals/{principal}/password": {"password": "a long enough password"},
     "/v1/principals/{principal}/totp/confirm": {"code": "123456"},
 }

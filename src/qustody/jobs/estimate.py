@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import QustodyError
-from qustody.domain.models import Principal, RequestContext
+from qustody.domain.models import CircuitInfo, Principal, RequestContext
 from qustody.domain.vocabulary import Action, JobState
 from qustody.executors.registry import BackendRegistry
 from qustody.governance import budgets, quotas
@@ -79,15 +79,26 @@ class Estimator:
     def estimate(self, caller: Principal, request: RequestContext, spec: SubmitRequest) -> Estimate:
         backend = self._registry.get(spec.backend).info
         resource = self._admin.project_scope(caller.tenant_id, spec.project)
-        info = self._validate(spec.qasm, self._limits)
-        check_against_backend(info, backend, spec.shots)
+        info: CircuitInfo | None = None
+        invalid: QustodyError | None = None
+        try:
+            info = self._validate(spec.qasm, self._limits)
+            check_against_backend(info, backend, spec.shots)
+        except QustodyError as error:
+            invalid = error
+        # Decided whether or not the circuit is valid, as for a submission: a
+        # caller the policy refuses learns nothing about the circuit.
         decision = self._guard.check(
             caller,
             Action.JOB_ESTIMATE,
             resource,
             request,
-            context=submission_context(backend, qubits=info.num_qubits, shots=spec.shots),
+            context=submission_context(
+                backend, qubits=info.num_qubits if info else None, shots=spec.shots
+            ),
         )
+        if invalid is not None or info is None:
+            raise invalid or RuntimeError("validation returned nothing")
         now = self._clock.now()
         submission = Submission(
             caller=caller,
