@@ -45,6 +45,7 @@ from qustody.client.models import (
     items_of,
 )
 from qustody.client.policies import PolicyDiff, PolicyVersion
+from qustody.client.scheduling import SchedulingMethods
 from qustody.client.webhooks import WebhookMethods
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client(IdentityMethods, AccountMethods, WebhookMethods):
+class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
@@ -213,8 +214,13 @@ class Client(IdentityMethods, AccountMethods, WebhookMethods):
         seed: int | None = None,
         name: str | None = None,
         labels: dict[str, str] | None = None,
+        priority: int = 0,
+        session: str | None = None,
     ) -> Job:
         """Submit one circuit; returns the accepted job (usually ``queued``).
+
+        ``priority`` (0-9) orders your tenant's own queued jobs; ``session``
+        (a ``ses_`` id, :meth:`open_session`) joins one of your sessions.
 
         ``name`` and ``labels`` are for people and scripts; the gateway stores
         them encrypted, like the circuit.
@@ -243,6 +249,10 @@ class Client(IdentityMethods, AccountMethods, WebhookMethods):
             body["name"] = name
         if labels:
             body["labels"] = labels
+        if priority:
+            body["priority"] = priority
+        if session is not None:
+            body["session"] = session
         return Job.from_json(self._json("POST", "/jobs", json=body))
 
     def job(self, job_id: str) -> Job:

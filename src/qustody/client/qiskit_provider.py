@@ -214,13 +214,15 @@ class QustodyBackend(BackendV2):  # type: ignore[misc]
 
     @classmethod
     def _default_options(cls) -> Any:
-        return Options(shots=1024, memory=False, seed_simulator=None)
+        return Options(shots=1024, memory=False, seed_simulator=None, session=None, priority=0)
 
     def run(self, run_input: Any, **options: Any) -> QustodyJob:
         """Submit one circuit or a list of circuits; returns at once.
 
-        Options: ``shots``, ``memory`` and ``seed_simulator`` (defaults from
-        :attr:`options`). Every circuit is exported before any is submitted; if a
+        Options: ``shots``, ``memory``, ``seed_simulator``, ``session`` (a
+        ``ses_`` id from :meth:`Client.open_session`: the jobs join that session)
+        and ``priority`` (0-9, among your tenant's own jobs); defaults from
+        :attr:`options`. Every circuit is exported before any is submitted; if a
         submission is refused, the jobs already submitted for this call are cancelled
         and the refusal is raised.
         """
@@ -247,6 +249,8 @@ class QustodyBackend(BackendV2):  # type: ignore[misc]
                         project=self.project,
                         memory=bool(merged["memory"]),
                         seed=merged["seed_simulator"],
+                        priority=int(merged["priority"] or 0),
+                        session=merged["session"],
                     )
                 )
         except QustodyClientError:
