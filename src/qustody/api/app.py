@@ -29,8 +29,10 @@ from qustody.api.ratelimit import RateLimitEdge
 from qustody.api.routes import (
     accounts,
     admin,
+    approvals,
     audit,
     credentials,
+    elevation,
     health,
     jobs,
     keys,
@@ -118,7 +120,7 @@ class Runtime:
 
     def make_approval_sweeper(self) -> ApprovalSweeper:
         """The thread that expires approval requests and records ended grants (workers)."""
-        assert self.services.approvals is not None  # noqa: S101 (build_runtime sets it)
+        assert self.services.approvals is not None  # build_runtime sets it
         return ApprovalSweeper(self.services.approvals)
 
     def make_rewrapper(self) -> Rewrapper:
@@ -290,14 +292,14 @@ def build_runtime(
         ),
         queue=QueueReader(db, guard, registry, busy_depth=settings.busy_queue_depth, clock=clock),
     )
-    approvals = ApprovalService(db, guard, clock=clock, on_queued=notifier.notify)
-    guard.approvals = approvals
-    services.approvals = approvals
+    approval_service = ApprovalService(db, guard, clock=clock, on_queued=notifier.notify)
+    guard.approvals = approval_service
+    services.approvals = approval_service
     services.elevations = ElevationService(
         db,
         guard,
         admin_service,
-        approvals,
+        approval_service,
         max_seconds=settings.elevation_max_seconds,
         clock=clock,
     )
@@ -514,6 +516,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(usage.router)
     app.include_router(webhooks.router)
     app.include_router(scheduling.router)
+    app.include_router(approvals.router)
+    app.include_router(elevation.router)
     app.mount(scim.PREFIX, scim.create_scim_app(rt.services))
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

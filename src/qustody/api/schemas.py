@@ -31,6 +31,11 @@ class Response(BaseModel):
 # -- jobs ---------------------------------------------------------------------------
 
 
+class JobApproval(Request):
+    reason: Annotated[str, Field(min_length=1, max_length=512, description="Approvers read it")]
+    ticket: Annotated[str, Field(min_length=1, max_length=128, description="e.g. CHG-1234")]
+
+
 class JobSubmit(Request):
     project: Annotated[str, Field(min_length=1, max_length=128)]
     backend: Annotated[str, Field(min_length=1, max_length=64)]
@@ -55,6 +60,10 @@ class JobSubmit(Request):
     session: Annotated[
         str | None,
         Field(min_length=1, max_length=64, description="A session of yours (ses_...) to join"),
+    ] = None
+    approval: Annotated[
+        JobApproval | None,
+        Field(description="Why and under which ticket, for a job a policy holds for approval"),
     ] = None
 
 

@@ -10,6 +10,7 @@ from qustody.api.routes.common import secured
 from qustody.api.schemas import SEALED_MEDIA_TYPE
 from qustody.api.state import services_of
 from qustody.domain.vocabulary import Action
+from qustody.governance.approvals import Justification
 from qustody.jobs.service import SubmitRequest
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -40,6 +41,9 @@ def submit_job(
         labels=body.labels,
         priority=body.priority,
         session=body.session,
+        approval=Justification(body.approval.reason, body.approval.ticket)
+        if body.approval is not None
+        else None,
     )
     job = services_of(request).jobs.submit(caller.principal, caller.request, spec)
     # Quotas and budgets at 80 % or more, also as headers a client can watch.
