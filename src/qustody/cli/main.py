@@ -38,6 +38,7 @@ from qustody.cli.keys import keys
 from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
 from qustody.cli.policy import policy
+from qustody.cli.scheduling import backend, queue, reservation, session
 from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
 from qustody.cli.webhooks import webhook
 from qustody.client import Client
@@ -439,6 +440,10 @@ token.add_command(token_exchange)
 @click.option("--project", required=True, help="Project id or name.")
 @click.option("--memory", is_flag=True, help="Also return per-shot bitstrings.")
 @click.option("--seed", type=int, default=None)
+@click.option(
+    "--priority", type=click.IntRange(0, 9), default=0, help="0-9, among your tenant's jobs."
+)
+@click.option("--session", "session_id", default=None, help="A session of yours (ses_...).")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job and print its result.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -450,13 +455,22 @@ def submit(
     project: str,
     memory: bool,
     seed: int | None,
+    priority: int,
+    session_id: str | None,
     wait_: bool,
     as_json: bool,
 ) -> None:
     """Submit an OpenQASM 2 or 3 file."""
     client = ctx.client()
     job = client.submit(
-        file.read_text(), backend=backend, shots=shots, project=project, memory=memory, seed=seed
+        file.read_text(),
+        backend=backend,
+        shots=shots,
+        project=project,
+        memory=memory,
+        seed=seed,
+        priority=priority,
+        session=session_id,
     )
     if not wait_:
         if as_json:
@@ -661,6 +675,8 @@ cli.add_command(export_key)
 cli.add_command(unseal)
 cli.add_command(policy)
 cli.add_command(webhook)
+for _command in (backend, reservation, session, queue):
+    cli.add_command(_command)
 
 
 def main() -> None:
