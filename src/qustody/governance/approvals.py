@@ -52,6 +52,7 @@ from qustody.policy.engine import ApprovalNeed
 from qustody.policy.errors import ApprovalInvalid
 from qustody.policy.facts import job_attributes
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database, system_scope, utc
 
@@ -392,6 +393,7 @@ class ApprovalService:
 
     # -- asking ------------------------------------------------------------------
 
+    @records_misses(Action.APPROVAL_REQUEST)
     def request(
         self,
         caller: Principal,
@@ -545,8 +547,9 @@ class ApprovalService:
             ).all()
         return _view(row, votes)
 
+    @records_misses(Action.APPROVAL_READ)
     def get(self, caller: Principal, request: RequestContext, approval_id: str) -> ApprovalView:
-        self._expire_if_due(approval_id)
+        self._expire_if_due(caller, approval_id)
         found = self._read(caller, approval_id)
         self._guard.check(caller, Action.APPROVAL_READ, approval_resource(found), request)
         return found
@@ -596,11 +599,13 @@ class ApprovalService:
 
     # -- deciding ----------------------------------------------------------------
 
+    @records_misses(Action.APPROVAL_APPROVE)
     def approve(
         self, caller: Principal, request: RequestContext, approval_id: str, comment: str | None
     ) -> ApprovalView:
         return self._vote(caller, request, approval_id, "approve", comment)
 
+    @records_misses(Action.APPROVAL_DENY)
     def deny(
         self, caller: Principal, request: RequestContext, approval_id: str, comment: str | None
     ) -> ApprovalView:
@@ -618,7 +623,7 @@ class ApprovalService:
             raise InvalidRequest(
                 f"comment has {len(comment)} characters; at most {MAX_COMMENT}.", field="comment"
             )
-        self._expire_if_due(approval_id)
+        self._expire_if_due(caller, approval_id)
         found = self._read(caller, approval_id)
         action = Action.APPROVAL_APPROVE if verdict == "approve" else Action.APPROVAL_DENY
         decision = self._guard.check(caller, action, approval_resource(found), request)
@@ -718,6 +723,7 @@ class ApprovalService:
             self._on_queued()
         return self._read(caller, found.id)
 
+    @records_misses(Action.APPROVAL_CANCEL)
     def cancel(self, caller: Principal, request: RequestContext, approval_id: str) -> ApprovalView:
         """Withdraw one's own request (a held job is cancelled with it)."""
         found = self._read(caller, approval_id)
@@ -840,8 +846,9 @@ class ApprovalService:
 
     # -- expiry --------------------------------------------------------------------
 
-    def _expire_if_due(self, approval_id: str) -> None:
-        """Settle one request found past its expiry before it is read or voted on."""
+    def _expire_if_due(self, caller: Principal, approval_id: str) -> None:
+        """Settle one of the caller's tenant's requests found past its expiry
+        before it is read or voted on."""
         if not looks_like_id(approval_id):
             return
         now = self._clock.now()
@@ -849,6 +856,7 @@ class ApprovalService:
             due = connection.execute(
                 select(_REQUESTS.c.id).where(
                     _REQUESTS.c.id == approval_id,
+                    _REQUESTS.c.tenant_id == caller.tenant_id,
                     _REQUESTS.c.state.in_(("pending", "approved")),
                     _REQUESTS.c.expires_at <= now,
                 )

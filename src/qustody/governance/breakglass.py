@@ -36,6 +36,7 @@ from qustody.governance.elevation import (
     parse_role,
 )
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database
 
@@ -143,6 +144,7 @@ class BreakGlassService:
             row = connection.execute(select(_GRANTS).where(_GRANTS.c.id == grant_id)).one()
         return grant_view(row, now)
 
+    @records_misses(Action.BREAKGLASS_REVIEW)
     def review(
         self, caller: Principal, request: RequestContext, grant_id: str, notes: str
     ) -> GrantView:

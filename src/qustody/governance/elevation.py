@@ -38,6 +38,7 @@ from qustody.governance.approvals import ApprovalService, ApprovalView, Justific
 from qustody.identity.admin import AdminService
 from qustody.policy.engine import DEFAULT_APPROVAL_TTL, ApprovalNeed
 from qustody.policy.guard import Guard, not_found
+from qustody.policy.misses import records_misses
 from qustody.storage import models as m
 from qustody.storage.db import Database, utc
 
@@ -164,6 +165,7 @@ class ElevationService:
         self._clock = clock
         approvals.activate = self._activate
 
+    @records_misses(Action.ELEVATION_REQUEST)
     def request(
         self,
         caller: Principal,
@@ -278,6 +280,7 @@ class ElevationService:
             rows = connection.execute(query.order_by(_GRANTS.c.id.desc()).limit(200)).all()
         return [grant_view(row, now) for row in rows]
 
+    @records_misses(Action.ELEVATION_REVOKE)
     def revoke(self, caller: Principal, request: RequestContext, grant_id: str) -> GrantView:
         if not looks_like_id(grant_id):
             raise not_found("grant", grant_id[:64])
