@@ -829,10 +829,18 @@ class ApprovalService:
                         Action.APPROVAL_USE,
                         actor=Actor.of(principal),
                         outcome="denied" if problem else "success",
-                        target=Target("approval", approval_id[:64], principal.tenant_id),
+                        # A reference to nothing of the caller's tenant is not
+                        # written down: it may be another tenant's id.
+                        target=Target(
+                            "approval", row.id if row is not None else None, principal.tenant_id
+                        ),
                         request=request,
                         approval_id=row.id if row is not None else None,
-                        reason=problem or f"{action.value} on {resource.type} {resource.id}",
+                        reason=(
+                            "no approval by that reference is visible to the caller"
+                            if row is None
+                            else problem or f"{action.value} on {resource.type} {resource.id}"
+                        ),
                         at=now,
                     )
                 ],
