@@ -186,6 +186,13 @@ TRUST_RULE = {
     "scopes": ["job"],
 }
 
+QUOTA = {"metric": "queued_jobs", "limit": 1}
+JUSTIFIED = {"reason": "a red-team probe of approvals", "ticket": "XT-1"}
+APPROVAL_ASK = {"action": "result:read", **JUSTIFIED}
+ELEVATION_ASK = {"role": "viewer", "duration_seconds": 600, **JUSTIFIED}
+BUDGET = {"period": "day", "limit": 1}
+ESTIMATE = {"backend": "aer-statevector", "shots": 8, "qasm": ONE_QUBIT}
+
 PROBES: list[Probe] = [
     # jobs
     Probe(
@@ -209,6 +216,20 @@ PROBES: list[Probe] = [
         ("session_id",),
         REFUSED,
         body={"project": "research", "backend": "aer-statevector", "shots": 8, "qasm": ONE_QUBIT},
+    ),
+    # usage, quotas, budgets and estimates
+    Probe("GET", "/v1/usage", "query:project", PROJECT, FILTER),
+    Probe("PUT", "/v1/quotas", "body:project", PROJECT, REFUSED, body=QUOTA),
+    Probe("PUT", "/v1/quotas", "body:tenant", ("tenant_id",), REFUSED, body=QUOTA),
+    Probe("PUT", "/v1/budgets", "body:project", PROJECT, REFUSED, body=BUDGET),
+    Probe("POST", "/v1/jobs:estimate", "body:project", PROJECT, REFUSED, body=ESTIMATE),
+    Probe(
+        "POST",
+        "/v1/jobs:estimate",
+        "body:session",
+        ("session_id",),
+        REFUSED,
+        body={"project": "research", **ESTIMATE},
     ),
     # scheduling: sessions and reservations
     Probe("GET", "/v1/sessions/{session_id}", "path:session_id", ("session_id",), REFUSED),
@@ -309,6 +330,30 @@ PROBES: list[Probe] = [
         REFUSED,
     ),
     Probe("POST", "/v1/webhooks/{webhook_id}/test", "path:webhook_id", ("webhook_id",), REFUSED),
+    # approvals, elevations, break-glass
+    Probe("GET", "/v1/approvals/{approval_id}", "path:approval_id", ("approval_id",), REFUSED),
+    *(
+        Probe(
+            "POST",
+            f"/v1/approvals/{{approval_id}}:{verb}",
+            "path:approval_id",
+            ("approval_id",),
+            REFUSED,
+            body={"comment": "probe"} if verb != "cancel" else None,
+        )
+        for verb in ("approve", "deny", "cancel")
+    ),
+    Probe("POST", "/v1/approvals", "body:resource", ("job_id",), REFUSED, body=APPROVAL_ASK),
+    Probe("POST", "/v1/elevations", "body:project", PROJECT, REFUSED, body=ELEVATION_ASK),
+    Probe("POST", "/v1/elevations/{grant_id}:revoke", "path:grant_id", ("grant_id",), REFUSED),
+    Probe(
+        "POST",
+        "/v1/breakglass/{grant_id}:review",
+        "path:grant_id",
+        ("grant_id",),
+        REFUSED,
+        body={"notes": "probe"},
+    ),
     Probe(
         "POST",
         "/v1/trust-rules",
@@ -662,12 +707,69 @@ NOT_TENANT_IDS |= {
     ("POST", "/v1/principals/{principal}/totp", "body:*"): _NO_BODY,
 }
 
+_AMOUNT = "an amount of money (micro-units)"
+NOT_TENANT_IDS |= {
+    ("GET", "/v1/usage", "query:backend"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/quotas", "body:metric"): _VOCABULARY + " (quota metrics)",
+    ("PUT", "/v1/quotas", "body:limit"): "a count",
+    ("PUT", "/v1/quotas", "body:backend"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/budgets", "body:period"): _VOCABULARY + " (periods)",
+    ("PUT", "/v1/budgets", "body:limit"): _AMOUNT,
+    ("PUT", "/v1/budgets", "body:thresholds"): "percentages",
+    ("PUT", "/v1/budgets", "body:backend"): _PLATFORM_BACKEND,
+    ("GET", "/v1/backends/{name}/price", "path:name"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/backends/{name}/price", "path:name"): _PLATFORM_BACKEND,
+    ("PUT", "/v1/backends/{name}/price", "body:per_task"): _AMOUNT,
+    ("PUT", "/v1/backends/{name}/price", "body:per_shot"): _AMOUNT,
+    ("PUT", "/v1/backends/{name}/price", "body:per_second"): _AMOUNT,
+    ("PUT", "/v1/backends/{name}/price", "body:seconds_per_shot"): "a duration",
+    ("PUT", "/v1/backends/{name}/price", "body:overhead_seconds"): "a duration",
+    ("PUT", "/v1/backends/{name}/price", "body:effective_at"): _TIME,
+}
+
 NOT_TENANT_IDS |= {
     ("POST", "/v1/webhooks", "body:url"): "the receiver's address the caller gives",
     ("POST", "/v1/webhooks", "body:kinds"): "alert kind patterns (budget.*)",
     ("POST", "/v1/webhooks", "body:description"): "free text of the caller's own endpoint",
     ("GET", "/v1/webhooks/{webhook_id}/deliveries", "query:limit"): _PAGE_SIZE,
     ("POST", "/v1/webhooks/{webhook_id}/test", "body:*"): _NO_BODY,
+}
+
+_JUSTIFICATION = "free text the caller gives its own request (why, and the ticket's id)"
+NOT_TENANT_IDS |= {
+    ("POST", "/v1/jobs", "body:approval"): _JUSTIFICATION,
+    ("POST", "/v1/approvals", "body:action"): _VOCABULARY + " (actions)",
+    ("POST", "/v1/approvals", "body:reason"): _JUSTIFICATION,
+    ("POST", "/v1/approvals", "body:ticket"): _JUSTIFICATION,
+    ("GET", "/v1/approvals", "query:state"): _VOCABULARY + " (approval states)",
+    ("GET", "/v1/approvals", "query:mine"): _FLAG,
+    ("GET", "/v1/approvals", "query:to-approve"): _FLAG,
+    ("GET", "/v1/approvals", "query:limit"): _PAGE_SIZE,
+    ("POST", "/v1/approvals/{approval_id}:approve", "body:comment"): "free text of the vote",
+    ("POST", "/v1/approvals/{approval_id}:deny", "body:comment"): "free text of the vote",
+    ("POST", "/v1/approvals/{approval_id}:cancel", "body:*"): _NO_BODY,
+    ("POST", "/v1/elevations", "body:role"): _VOCABULARY + " (roles)",
+    ("POST", "/v1/elevations", "body:duration_seconds"): "a lifetime",
+    ("POST", "/v1/elevations", "body:reason"): _JUSTIFICATION,
+    ("POST", "/v1/elevations", "body:ticket"): _JUSTIFICATION,
+    ("GET", "/v1/elevations", "query:active"): _FLAG,
+    ("GET", "/v1/elevations", "query:mine"): _FLAG,
+    ("POST", "/v1/elevations/{grant_id}:revoke", "body:*"): _NO_BODY,
+    ("POST", "/v1/breakglass", "body:reason"): _JUSTIFICATION,
+    ("POST", "/v1/breakglass", "body:ticket"): _JUSTIFICATION,
+    ("POST", "/v1/breakglass", "body:role"): _VOCABULARY + " (roles)",
+    ("POST", "/v1/breakglass", "body:duration_seconds"): "a lifetime",
+    ("GET", "/v1/breakglass", "query:unreviewed"): _FLAG,
+    ("POST", "/v1/breakglass/{grant_id}:review", "body:notes"): "free text of the review",
+}
+
+
+# An estimate's body is a submission's: its fields name what they name there
+# (after every entry above, so fields added to submissions count here too).
+NOT_TENANT_IDS |= {
+    ("POST", "/v1/jobs:estimate", param): why
+    for (method, path, param), why in list(NOT_TENANT_IDS.items())
+    if (method, path) == ("POST", "/v1/jobs") and param.startswith("body:")
 }
 
 

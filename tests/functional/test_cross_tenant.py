@@ -376,6 +376,7 @@ def _tenant_a(
     _ok(http.post("/v1/keys/rotate", json={"project_id": lab["id"]}, headers=admin))
     _ok(http.get(f"/v1/jobs/{done['id']}/result", params={"sealed": "true"}, headers=admin))
     extra = _tenant_a_credentials(http, admin, has)
+    extra |= _tenant_a_approvals(http, admin, dev, has)
     session = _ok(http.post("/v1/sessions", json={"backend": "aer-statevector"}, headers=dev), 201)
     later = datetime.now(UTC) + timedelta(days=3)
     reservation = _ok(
@@ -437,6 +438,8 @@ def _tenant_a(
         "audit_position": [str(seqs[len(seqs) // 2])],
         "apikey_id": extra.get("apikey_id", []),
         "webhook_id": extra.get("webhook_id", []),
+        "approval_id": extra.get("approval_id", []),
+        "grant_id": extra.get("grant_id", []),
         "apikey_name": extra.get("apikey_name", []),
         "trustrule_id": extra.get("trustrule_id", []),
         "trustrule_name": extra.get("trustrule_name", []),
@@ -466,6 +469,8 @@ def _tenant_a(
         *(v["key_id"] for r in rings for v in r["versions"]),
         *extra.get("apikey_id", []),
         *extra.get("webhook_id", []),
+        *extra.get("approval_id", []),
+        *extra.get("grant_id", []),
         *extra.get("trustrule_id", []),
         *extra.get("scim_user_id", []),
         *extra.get("group_id", []),
@@ -530,6 +535,29 @@ def _tenant_a_credentials(
     return found
 
 
+def _tenant_a_approvals(
+    http: httpx.Client, admin: dict[str, str], dev: dict[str, str], has: set[tuple[str, str]]
+) -> dict[str, list[str]]:
+    """A's elevation requests, one pending and one approved (its grant active)."""
+    if ("POST", "/v1/elevations") not in has:
+        return {}
+    ask = {
+        "role": "viewer",
+        "project": "research",
+        "duration_seconds": 3600,
+        "reason": "reading results for the review",
+        "ticket": "CHG-0451",
+    }
+    pending = _ok(http.post("/v1/elevations", json=ask, headers=dev), 201)
+    approved = _ok(http.post("/v1/elevations", json=ask, headers=dev), 201)
+    _ok(http.post(f"/v1/approvals/{approved['id']}:approve", json={}, headers=admin))
+    grants = _ok(http.get("/v1/elevations", headers=admin))["items"]
+    return {
+        "approval_id": [pending["id"], approved["id"]],
+        "grant_id": [g["id"] for g in grants],
+    }
+
+
 def _tenant_b(
     http: httpx.Client, tokens: dict[str, str], has: set[tuple[str, str]]
 ) -> dict[str, str]:
@@ -561,7 +589,14 @@ def _a_state(
     jobs = {j: _ok(http.get(f"/v1/jobs/{j}", headers=admin))["state"] for j in inventory["job_id"]}
     lists = {
         path: _ok(http.get(path, headers=admin))
-        for path in ("/v1/api-keys", "/v1/trust-rules", "/v1/policies", "/v1/policies/versions")
+        for path in (
+            "/v1/api-keys",
+            "/v1/trust-rules",
+            "/v1/policies",
+            "/v1/policies/versions",
+            "/v1/approvals",
+            "/v1/elevations",
+        )
         if ("GET", path) in has
     }
     for kind, path in (("scim_user_id", "/scim/v2/Users/"), ("group_id", "/scim/v2/Groups/")):
