@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from qustody.cli.accounts import account
+from qustody.cli.approvals import approval, breakglass, elevate
 from qustody.cli.audit import audit
 from qustody.cli.identity import (
     admin_revoke,
@@ -49,11 +50,19 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class CliContext:
-    def __init__(self, url: str, token: str | None, dpop_key: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        dpop_key: Path | None = None,
+        approval: str | None = None,
+    ) -> None:
         self.url = url
         self._token = token
         #: A DPoP key file: tokens are bound to it and each request proves it.
         self.dpop_key = dpop_key
+        #: An approved request (apr_...) to spend on the held action this command does.
+        self.approval = approval
 
     def client(self) -> Client:
         if not self._token:
@@ -63,7 +72,9 @@ class CliContext:
                 "no token: run `qustody login`, pass --token or set QUSTODY_TOKEN (get one "
                 "with `qustody admin token` on the gateway host, or from your tenant admin)"
             )
-        return Client(self.url, self._token, dpop_key=dpop_key_of(self))
+        client = Client(self.url, self._token, dpop_key=dpop_key_of(self))
+        client.use_approval(self.approval)
+        return client
 
 
 pass_ctx = click.make_pass_decorator(CliContext)
@@ -87,10 +98,18 @@ pass_ctx = click.make_pass_decorator(CliContext)
     default=None,
     help="DPoP key file (`qustody dpop keygen`) for sender-constrained tokens.",
 )
+@click.option(
+    "--approval",
+    envvar="QUSTODY_APPROVAL",
+    default=None,
+    help="An approved request (apr_...) for the held action this command does; spent once.",
+)
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None, dpop_key: Path | None) -> None:
+def cli(
+    ctx: click.Context, url: str, token: str | None, dpop_key: Path | None, approval: str | None
+) -> None:
     """Qustody: a security gateway for quantum jobs."""
-    ctx.obj = CliContext(url, token, dpop_key)
+    ctx.obj = CliContext(url, token, dpop_key, approval)
 
 
 # -- server side ------------------------------------------------------------------------
@@ -444,6 +463,8 @@ token.add_command(token_exchange)
     "--priority", type=click.IntRange(0, 9), default=0, help="0-9, among your tenant's jobs."
 )
 @click.option("--session", "session_id", default=None, help="A session of yours (ses_...).")
+@click.option("--reason", default=None, help="Why, for a job a policy holds for approval.")
+@click.option("--ticket", default=None, help="The change ticket, for a job held for approval.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the job and print its result.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -457,10 +478,13 @@ def submit(
     seed: int | None,
     priority: int,
     session_id: str | None,
+    reason: str | None,
+    ticket: str | None,
     wait_: bool,
     as_json: bool,
 ) -> None:
-    """Submit an OpenQASM 2 or 3 file."""
+    """Submit an OpenQASM 2 or 3 file (with --reason and --ticket where a
+    policy holds the job for approval: it then waits for its approvers)."""
     client = ctx.client()
     job = client.submit(
         file.read_text(),
@@ -471,7 +495,14 @@ def submit(
         seed=seed,
         priority=priority,
         session=session_id,
+        reason=reason,
+        ticket=ticket,
     )
+    if job.approval_id and not as_json:
+        click.echo(
+            f"held for approval {job.approval_id}: `qustody approval show {job.approval_id}`",
+            err=True,
+        )
     if not wait_:
         if as_json:
             emit_json(job)
@@ -675,6 +706,8 @@ cli.add_command(export_key)
 cli.add_command(unseal)
 cli.add_command(policy)
 cli.add_command(webhook)
+for _group in (approval, elevate, breakglass):
+    cli.add_command(_group)
 for _command in (backend, reservation, session, queue):
     cli.add_command(_command)
 

@@ -21,6 +21,7 @@ import httpx
 from qustody import __version__
 from qustody.client._http import api_error_from_answer
 from qustody.client.accounts import AccountMethods
+from qustody.client.approvals import ApprovalMethods
 from qustody.client.dpop import DpopAuth, DpopKey
 from qustody.client.errors import (
     QustodyAPIError,
@@ -72,7 +73,7 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods):
+class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods, ApprovalMethods):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
@@ -216,11 +217,17 @@ class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods)
         labels: dict[str, str] | None = None,
         priority: int = 0,
         session: str | None = None,
+        reason: str | None = None,
+        ticket: str | None = None,
     ) -> Job:
         """Submit one circuit; returns the accepted job (usually ``queued``).
 
         ``priority`` (0-9) orders your tenant's own queued jobs; ``session``
         (a ``ses_`` id, :meth:`open_session`) joins one of your sessions.
+
+        ``reason`` and ``ticket``: for a job a policy holds for approval; with
+        them it waits in ``awaiting_approval`` for its approvers (without, it
+        is refused with ``approval_required``).
 
         ``name`` and ``labels`` are for people and scripts; the gateway stores
         them encrypted, like the circuit.
@@ -253,6 +260,8 @@ class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods)
             body["priority"] = priority
         if session is not None:
             body["session"] = session
+        if reason is not None or ticket is not None:
+            body["approval"] = {"reason": reason or "", "ticket": ticket or ""}
         return Job.from_json(self._json("POST", "/jobs", json=body))
 
     def job(self, job_id: str) -> Job:

@@ -22,6 +22,7 @@ class JobState(enum.StrEnum):
 
     SUBMITTED = "submitted"
     VALIDATED = "validated"
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -213,6 +214,8 @@ class Job:
     transitions: tuple[Transition, ...] = ()
     name: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: The approval request a held job waits for (``awaiting_approval``).
+    approval_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -255,6 +258,7 @@ class Job:
             labels={str(k): str(v) for k, v in r.mapping("labels").items()}
             if r.has("labels")
             else {},
+            approval_id=r.opt_str("approval_id"),
         )
 
 
