@@ -207,13 +207,18 @@ def _charge(
 
 def _next_of(session: Session, tenant_id: str, groups: list[Group], now: datetime) -> m.Job | None:
     """The tenant's next job among ``groups`` (rule 3 of the module)."""
-    started_sessions = select(m.JOB_SESSIONS.c.id).where(
-        m.JOB_SESSIONS.c.tenant_id == tenant_id,
-        m.JOB_SESSIONS.c.state == "open",
-        m.JOB_SESSIONS.c.started_at.is_not(None),
-        m.JOB_SESSIONS.c.expires_at > now,
-    )
-    in_started_session = case((m.Job.session_id.in_(started_sessions), 0), else_=1)
+    started = session.scalars(
+        select(m.JobSession.id).where(
+            m.JobSession.tenant_id == tenant_id,
+            m.JobSession.state == "open",
+            m.JobSession.started_at.is_not(None),
+            m.JobSession.expires_at > now,
+        )
+    ).all()
+    # Without a started session the order is the index's: no sort of the queue.
+    order = [m.Job.priority.desc(), m.Job.queued_at, m.Job.id]
+    if started:
+        order.insert(0, case((m.Job.session_id.in_(started), 0), else_=1))
     return session.scalar(
         select(m.Job)
         .where(
@@ -226,7 +231,7 @@ def _next_of(session: Session, tenant_id: str, groups: list[Group], now: datetim
                 )
             ),
         )
-        .order_by(in_started_session, m.Job.priority.desc(), m.Job.queued_at, m.Job.id)
+        .order_by(*order)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
