@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.clock import SYSTEM_CLOCK, Clock
-from qustody.domain.errors import QustodyError
+from qustody.domain.errors import NotFound, QustodyError
 from qustody.domain.models import CircuitInfo, Principal, RequestContext
 from qustody.domain.vocabulary import Action, JobState
 from qustody.executors.registry import BackendRegistry
@@ -130,7 +130,9 @@ class Estimator:
                     for check in self._admission:
                         check.admit(connection, submission, admitted)
                 except QustodyError as error:
-                    if error.status >= 500:
+                    # A reference the caller cannot see (a session) is refused
+                    # as it would be anywhere, not reported as a would-be refusal.
+                    if error.status >= 500 or isinstance(error, NotFound):
                         raise
                     refusal = error
                 result = Estimate(
