@@ -47,6 +47,7 @@ from qustody.client.models import (
 )
 from qustody.client.policies import PolicyDiff, PolicyVersion
 from qustody.client.scheduling import SchedulingMethods
+from qustody.client.usage import UsageMethods
 from qustody.client.webhooks import WebhookMethods
 
 if TYPE_CHECKING:
@@ -73,7 +74,14 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-class Client(IdentityMethods, AccountMethods, WebhookMethods, SchedulingMethods, ApprovalMethods):
+class Client(
+    IdentityMethods,
+    AccountMethods,
+    WebhookMethods,
+    SchedulingMethods,
+    ApprovalMethods,
+    UsageMethods,
+):
     """Talks to one Qustody gateway as one principal.
 
     ``url`` is the gateway's base URL (with or without a trailing ``/v1``); ``token`` is
