@@ -40,6 +40,7 @@ from qustody.cli.login import login, logout, stored_token
 from qustody.cli.output import emit_json, table
 from qustody.cli.policy import policy
 from qustody.cli.scheduling import backend, queue, reservation, session
+from qustody.cli.usage import budget, quota, usage
 from qustody.cli.vault import export_key, refuse_existing, secrets, unseal
 from qustody.cli.webhooks import webhook
 from qustody.client import Client
@@ -709,6 +710,8 @@ cli.add_command(webhook)
 for _group in (approval, elevate, breakglass):
     cli.add_command(_group)
 for _command in (backend, reservation, session, queue):
+    cli.add_command(_command)
+for _command in (usage, quota, budget):
     cli.add_command(_command)
 
 
