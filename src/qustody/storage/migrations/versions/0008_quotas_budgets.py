@@ -15,6 +15,8 @@ Revises: 0007
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -35,7 +37,7 @@ def _fk(table: str, column: str, target: str) -> sa.ForeignKeyConstraint:
     return sa.ForeignKeyConstraint([column], [target], name=op.f(f"fk_{table}_{column}_{parent}"))
 
 
-def _scoped(table: str) -> list[sa.SchemaItem]:
+def _scoped(table: str) -> list[Any]:
     """The columns (and their keys) a quota and a budget share."""
     return [
         sa.Column("id", _ID, nullable=False),
