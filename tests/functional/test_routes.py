@@ -13,8 +13,10 @@ from sqlalchemy import select
 from qustody.api.routes import (
     accounts,
     admin,
+    approvals,
     audit,
     credentials,
+    elevation,
     health,
     jobs,
     login,
@@ -28,7 +30,19 @@ from support import Gateway, auth
 
 ROUTES = [
     r
-    for mod in (admin, health, jobs, audit, login, policies, credentials, token_exchange, accounts)
+    for mod in (
+        admin,
+        health,
+        jobs,
+        audit,
+        login,
+        policies,
+        credentials,
+        token_exchange,
+        accounts,
+        approvals,
+        elevation,
+    )
     for r in mod.router.routes
     if isinstance(r, APIRoute)
 ]
@@ -138,6 +152,15 @@ BODIES = {
         "qasm": "OPENQASM 2.0;",
     },
     "/v1/principals/{principal}/password": {"password": "a long enough password"},
+    "/v1/approvals": {"action": "key:rotate", "reason": "a denied request", "ticket": "X-1"},
+    "/v1/elevations": {
+        "role": "tenant-admin",
+        "duration_seconds": 600,
+        "reason": "a denied request",
+        "ticket": "X-1",
+    },
+    "/v1/breakglass": {"reason": "a denied emergency elevation request"},
+    "/v1/breakglass/{grant_id}:review": {"notes": "denied"},
     "/v1/principals/{principal}/totp/confirm": {"code": "123456"},
 }
 
