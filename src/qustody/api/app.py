@@ -176,6 +176,7 @@ def build_runtime(
         issuer=settings.issuer,
         audience=settings.audience,
         max_ttl_seconds=settings.token_max_ttl_seconds,
+        clock=clock,
     )
     engine = CedarPolicyEngine(
         step_up=settings.step_up_enforced, approvals=settings.approvals_enforced
@@ -258,7 +259,7 @@ def build_runtime(
             if settings.dpop_nonces
             else None,
         ),
-        api_keys=ApiKeyService(db, guard, max_days=settings.api_key_max_days),
+        api_keys=ApiKeyService(db, guard, max_days=settings.api_key_max_days, clock=clock),
         workload=WorkloadIdentity(db, guard, tokens, verifier),
         revocation=RevocationService(db, guard),
         scim=ScimService(db, guard, base_url=f"{settings.public_url.rstrip('/')}/scim/v2"),

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, or_, select, update
 
 from qustody.audit.recorder import Actor, Target, record
+from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import InvalidRequest
 from qustody.domain.ids import PrincipalId, TenantId, looks_like_id, new_id
 from qustody.domain.models import Principal, RequestContext, Resource
@@ -160,12 +161,16 @@ def _info(row: m.ApiKey, principal_name: str) -> ApiKeyInfo:
 
 
 class ApiKeyService:
-    def __init__(self, db: Database, guard: Guard, *, max_days: int = MAX_DAYS) -> None:
+    def __init__(
+        self, db: Database, guard: Guard, *, max_days: int = MAX_DAYS, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         if not 1 <= max_days <= MAX_DAYS:
             raise ValueError(f"max_days must be between 1 and {MAX_DAYS}")
         self._db = db
         self._guard = guard
         self.max_days = max_days
+        #: When elevations are in force (a ManualClock in tests).
+        self._clock = clock
 
     # -- administration ------------------------------------------------------------
 
@@ -347,7 +352,7 @@ class ApiKeyService:
                 )
             if not row.active:
                 raise RevokedToken("the API key's principal is deactivated; ask your tenant admin.")
-            tenant_roles, project_roles = roles_of(connection, row.principal_id)
+            tenant_roles, project_roles = roles_of(connection, row.principal_id, self._clock.now())
         last_used = utc(row.last_used_at)
         if last_used is None or now - last_used >= LAST_USED_EVERY:
             self._touch(row.id, row.tenant_id, now)

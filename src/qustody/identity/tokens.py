@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from qustody.crypto.files import check_private, create_private
+from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import ConfigurationError
 from qustody.domain.ids import PrincipalId, ProjectId, TenantId
 from qustody.domain.models import Principal
@@ -223,12 +224,15 @@ class TokenService:
         issuer: str,
         audience: str,
         max_ttl_seconds: int = 900,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._db = db
         self._key = key
         self._issuer = issuer
         self._audience = audience
         self.max_ttl_seconds = max_ttl_seconds
+        #: When elevations are in force (a ManualClock in tests).
+        self._clock = clock
 
     def derived_secret(self, purpose: str) -> bytes:
         """See :meth:`SigningKey.derived_secret` (DPoP nonces use one)."""
@@ -369,7 +373,7 @@ class TokenService:
                 raise RevokedToken(
                     "the bearer token's principal is deactivated; ask your tenant admin."
                 )
-            tenant_roles, project_roles = roles_of(connection, row.principal_id)
+            tenant_roles, project_roles = roles_of(connection, row.principal_id, self._clock.now())
         amr = frozenset((row.amr or "").split())
         return Principal(
             id=PrincipalId(row.principal_id),
