@@ -653,7 +653,6 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
-
 # -- governance: approvals, elevation and break-glass (revision 0010) ---------
 
 
