@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from qustody.audit.merkle import (
 from qustody.audit.note import Checkpoint, Signer, Verifier, sign
 from qustody.crypto.files import check_private, create_private
 from qustody.domain.errors import ConfigurationError, InvalidRequest
+from qustody.domain.periodic import Periodic
 from qustody.storage.db import SYSTEM, Database
 from qustody.storage.models import (
     AUDIT_CHECKPOINTS,
@@ -304,7 +304,7 @@ class AuditLog:
             )
 
 
-class Checkpointer:
+class Checkpointer(Periodic):
     """A thread that signs a checkpoint every ``interval`` seconds while the log grows.
 
     Run by workers; several may run at once (one per worker), since
@@ -313,27 +313,14 @@ class Checkpointer:
     """
 
     def __init__(self, log: AuditLog, interval: float) -> None:
+        super().__init__("audit-checkpointer", interval)
         self._log = log
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="audit-checkpointer", daemon=True)
-        self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        self._round()  # what was recorded up to now, signed before leaving
+        super().stop(timeout)
+        self.round()  # what was recorded up to now, signed before leaving
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._round()
-
-    def _round(self) -> None:
+    def round(self) -> None:
         try:
             self._log.checkpoint()
         except AuditLogError as exc:  # its message names seqs and nodes, no content

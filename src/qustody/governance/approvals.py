@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -47,6 +46,7 @@ from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import Conflict, InvalidRequest
 from qustody.domain.ids import PrincipalId, ProjectId, TenantId, looks_like_id, new_id
 from qustody.domain.models import Decision, Principal, RequestContext, Resource
+from qustody.domain.periodic import Periodic
 from qustody.domain.vocabulary import Action, DataClass, JobState
 from qustody.policy.engine import ApprovalNeed
 from qustody.policy.errors import ApprovalInvalid
@@ -990,29 +990,13 @@ def decision_of(action: Action) -> Decision:
     return Decision(allowed=True, action=action)
 
 
-class ApprovalSweeper:
+class ApprovalSweeper(Periodic):
     """The thread workers run to expire approval requests and record ended
     grants every ``interval`` seconds (access ends at ``expires_at`` anyway)."""
 
     def __init__(self, approvals: ApprovalService, interval: float = 5.0) -> None:
+        super().__init__("approval-sweeper", interval)
         self._approvals = approvals
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="approval-sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._approvals.sweep()
-            except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
-                logger.warning("approval sweep failed: %s", type(exc).__name__)
+    def round(self) -> None:
+        self._approvals.sweep()

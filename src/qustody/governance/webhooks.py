@@ -34,7 +34,6 @@ import logging
 import re
 import secrets
 import socket
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +50,7 @@ from qustody.domain.clock import Clock
 from qustody.domain.errors import InvalidRequest
 from qustody.domain.ids import looks_like_id, new_id
 from qustody.domain.models import Principal, RequestContext, Resource
+from qustody.domain.periodic import Periodic
 from qustody.domain.vocabulary import Action, Role
 from qustody.keys.service import KeyScope, KeyService, Purpose
 from qustody.policy.guard import Guard, not_found
@@ -684,34 +684,21 @@ class WebhookService:
                 )
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(Periodic):
     """A thread delivering alerts every ``interval`` seconds (run by workers,
     beside the checkpointer). Several may run at once: fan-out and claims
     serialise in the database."""
 
     def __init__(self, service: WebhookService, interval: float) -> None:
+        super().__init__("webhook-deliverer", interval)
         self._service = service
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="webhook-deliverer", daemon=True)
-        self._thread.start()
+    def round(self) -> None:
+        while self._service.step() and not self.stopping:
+            pass
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                while self._service.step() and not self._stop.is_set():
-                    pass
-            except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
-                log.warning("webhook delivery round failed: %s", type(exc).__name__)
+        super().stop(timeout)
 
 
 def endpoint_payload(endpoint: Endpoint) -> Mapping[str, object]:

@@ -11,37 +11,21 @@ next round does again.
 from __future__ import annotations
 
 import logging
-import threading
 
+from qustody.domain.periodic import Periodic
 from qustody.keys.service import KeyService
 
 logger = logging.getLogger(__name__)
 
 
-class Rewrapper:
+class Rewrapper(Periodic):
     def __init__(self, keys: KeyService, interval: float, batch: int = 256) -> None:
+        super().__init__("key-rewrapper", interval)
         self._keys = keys
-        self._interval = interval
         self._batch = batch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="key-rewrapper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._round()
-
-    def _round(self) -> None:
-        while not self._stop.is_set():
+    def round(self) -> None:
+        while not self.stopping:
             try:
                 progress = self._keys.rewrap_step(self._batch)
             except Exception as exc:  # noqa: BLE001 (kept alive; the next round retries)
