@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select
+from sqlalchemy import Select, and_, bindparam, case, func, insert, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
@@ -41,7 +41,7 @@ from qustody.governance.admission import Admitted, Notice, Submission
 from qustody.governance.alerts import raise_alert
 from qustody.governance.costs import price_at, units
 from qustody.governance.periods import Period, bounds, tenant_zone
-from qustody.governance.quotas import WARN_PERCENT, Scope
+from qustody.governance.quotas import SCOPE_KEYS, WARN_PERCENT, Scope
 from qustody.storage import models as m
 
 _B = m.BUDGETS
@@ -119,14 +119,24 @@ def applicable(
     connection: Connection, tenant_id: str, project_id: str, backend: str, *, lock: bool = False
 ) -> list[Row[Any]]:
     """The budgets a job of ``project_id`` on ``backend`` draws on; locked with ``lock``."""
+    return list(
+        connection.execute(
+            _APPLICABLE[lock], {"tenant_id": tenant_id, **Scope.key_parameters(project_id, backend)}
+        )
+    )
+
+
+def _applicable(lock: bool) -> Select[Any]:
     query = (
         select(_B)
-        .where(_B.c.tenant_id == tenant_id, _B.c.scope.in_(Scope.keys_for(project_id, backend)))
+        .where(_B.c.tenant_id == bindparam("tenant_id"), _B.c.scope.in_(SCOPE_KEYS))
         .order_by(_B.c.id)
     )
-    if lock:
-        query = query.with_for_update()
-    return list(connection.execute(query))
+    return query.with_for_update() if lock else query
+
+
+# Built once, plain and locked: building one costs more than running it.
+_APPLICABLE = {lock: _applicable(lock) for lock in (False, True)}
 
 
 def tenant_budgets(connection: Connection, tenant_id: str) -> list[Row[Any]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection, Row
 
 from qustody.storage import models as m
@@ -79,13 +79,17 @@ def free(backend: str) -> Price:
 
 def price_at(connection: Connection, backend: str, at: datetime) -> Price:
     """The version of ``backend``'s price in force at ``at``."""
-    row = connection.execute(
-        select(_P)
-        .where(_P.c.backend == backend, _P.c.effective_at <= at)
-        .order_by(_P.c.effective_at.desc())
-        .limit(1)
-    ).first()
+    row = connection.execute(_PRICE_AT, {"backend": backend, "at": at}).first()
     return free(backend) if row is None else price_of(row)
+
+
+# Built once: building a statement costs more than running it.
+_PRICE_AT = (
+    select(_P)
+    .where(_P.c.backend == bindparam("backend"), _P.c.effective_at <= bindparam("at"))
+    .order_by(_P.c.effective_at.desc())
+    .limit(1)
+)
 
 
 def price_of(row: Row[Any]) -> Price:

@@ -29,9 +29,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql.elements import ColumnElement
 
 from qustody.domain.errors import QustodyError
 from qustody.domain.vocabulary import JobState
@@ -93,6 +107,20 @@ class Scope:
     def keys_for(project_id: str, backend: str) -> list[str]:
         """The scopes whose quotas and budgets a job of ``project_id`` on ``backend`` counts in."""
         return ["tenant", f"project:{project_id}", f"backend:{backend}"]
+
+    @staticmethod
+    def key_parameters(project_id: str, backend: str) -> dict[str, str]:
+        """:meth:`keys_for` as the parameters of :data:`SCOPE_KEYS`."""
+        return {"project_scope": f"project:{project_id}", "backend_scope": f"backend:{backend}"}
+
+
+#: The scopes a job counts in, as bound parameters (with :meth:`Scope.key_parameters`),
+#: so statements that use them are built once.
+SCOPE_KEYS: tuple[ColumnElement[str], ...] = (
+    literal("tenant"),
+    bindparam("project_scope", type_=String()),
+    bindparam("backend_scope", type_=String()),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,18 +244,32 @@ def applicable(
 ) -> list[Row[tuple[object, ...]]]:
     """The quotas a job of ``project_id`` on ``backend`` counts in; locked
     (``FOR UPDATE``, in id order) with ``lock``."""
+    wanted = tuple(metrics)
+    query = _APPLICABLE[lock] if wanted == _ADMITTED_METRICS else _applicable(wanted, lock)
+    return list(
+        connection.execute(
+            query, {"tenant_id": tenant_id, **Scope.key_parameters(project_id, backend)}
+        )
+    )
+
+
+def _applicable(metrics: tuple[Metric, ...], lock: bool) -> Select[Any]:
     query = (
         select(_Q)
         .where(
-            _Q.c.tenant_id == tenant_id,
-            _Q.c.scope.in_(Scope.keys_for(project_id, backend)),
+            _Q.c.tenant_id == bindparam("tenant_id"),
+            _Q.c.scope.in_(SCOPE_KEYS),
             _Q.c.metric.in_([m_.value for m_ in metrics]),
         )
         .order_by(_Q.c.id)
     )
-    if lock:
-        query = query.with_for_update()
-    return list(connection.execute(query))
+    return query.with_for_update() if lock else query
+
+
+#: What a submission counts against (``concurrent_jobs`` is the scheduler's).
+_ADMITTED_METRICS = (Metric.QUEUED_JOBS, Metric.JOBS_PER_DAY, Metric.SHOTS_PER_DAY)
+# Built once, plain and locked: building one costs more than running it.
+_APPLICABLE = {lock: _applicable(_ADMITTED_METRICS, lock) for lock in (False, True)}
 
 
 class QuotaCheck:
