@@ -6,6 +6,15 @@ transaction that inserts the job: a quota counted or a budget reserved
 commits with the job, or neither does, and two submissions racing for the
 last unit of a quota serialise on the check's own locks.
 
+Each check runs in two steps. :meth:`~AdmissionCheck.prepare` reads, before
+the write transaction begins, what needs no lock (a price) and says whether
+any rule applies to this submission at all; only then does
+:meth:`~AdmissionCheck.admit` run inside the write transaction, lock what it
+counts and decide. A tenant with no quotas, budgets or session pays for
+three indexed reads and no time inside the database's write lock (on SQLite
+that lock is the whole database's). A rule created between the two steps
+applies from the next submission: this one is ordered before it.
+
 A check refuses by raising a :class:`~qustody.domain.errors.QustodyError`
 (a problem with a stable code, naming the limit and when it resets); the
 jobs service then records the refusal in the audit log in a transaction of
@@ -60,6 +69,13 @@ class Admitted:
 
 
 class AdmissionCheck(Protocol):
+    def prepare(self, connection: Connection, submission: Submission, admitted: Admitted) -> bool:
+        """Before the write transaction, read only: set what needs no lock
+        (values such as ``estimated_cost``) and answer whether :meth:`admit`
+        must run (whether any of this check's rules applies); may refuse."""
+        ...
+
     def admit(self, connection: Connection, submission: Submission, admitted: Admitted) -> None:
-        """Accept (optionally adding notices and values) or raise a QustodyError."""
+        """In the write transaction: accept (optionally adding notices and
+        values) or raise a QustodyError."""
         ...

@@ -209,11 +209,22 @@ def _spending(
 class BudgetCheck:
     """Prices a submission and reserves it against its budgets (an :class:`AdmissionCheck`)."""
 
-    def admit(self, connection: Connection, submission: Submission, admitted: Admitted) -> None:
-        estimate = price_at(connection, submission.backend.name, submission.at).estimate(
-            submission.shots
+    def prepare(self, connection: Connection, submission: Submission, admitted: Admitted) -> bool:
+        price = price_at(connection, submission.backend.name, submission.at)
+        admitted.values["estimated_cost"] = price.estimate(submission.shots)
+        return bool(
+            applicable(
+                connection, submission.tenant_id, submission.project_id, submission.backend.name
+            )
         )
-        admitted.values["estimated_cost"] = estimate
+
+    def admit(self, connection: Connection, submission: Submission, admitted: Admitted) -> None:
+        estimate = admitted.values.get("estimated_cost")
+        if not isinstance(estimate, int):
+            estimate = price_at(connection, submission.backend.name, submission.at).estimate(
+                submission.shots
+            )
+            admitted.values["estimated_cost"] = estimate
         rows = applicable(
             connection,
             submission.tenant_id,

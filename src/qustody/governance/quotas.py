@@ -275,6 +275,13 @@ _APPLICABLE = {lock: _applicable(_ADMITTED_METRICS, lock) for lock in (False, Tr
 class QuotaCheck:
     """Counts a submission against its quotas (an :class:`AdmissionCheck`)."""
 
+    def prepare(self, connection: Connection, submission: Submission, admitted: Admitted) -> bool:
+        return bool(
+            applicable(
+                connection, submission.tenant_id, submission.project_id, submission.backend.name
+            )
+        )
+
     def admit(self, connection: Connection, submission: Submission, admitted: Admitted) -> None:
         rows = applicable(
             connection,

@@ -220,6 +220,12 @@ class SessionCheck:
     """Admission: a job that names a session must be its owner's, for its
     backend, while it is open and unexpired."""
 
+    def prepare(self, connection: Connection, submission: Submission, admitted: Admitted) -> bool:
+        """Everything is checked here (a session closed concurrently: the job
+        is ordered before the close); nothing to do under the write lock."""
+        self.admit(connection, submission, admitted)
+        return False
+
     def admit(self, connection: Connection, submission: Submission, admitted: Admitted) -> None:
         del admitted
         session_id = submission.session_id

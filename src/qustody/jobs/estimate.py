@@ -128,7 +128,8 @@ class Estimator:
                 budget_list = budgets.standings(connection, caller.tenant_id, budget_rows, now)
                 try:
                     for check in self._admission:
-                        check.admit(connection, submission, admitted)
+                        if check.prepare(connection, submission, admitted):
+                            check.admit(connection, submission, admitted)
                 except QustodyError as error:
                     # A reference the caller cannot see (a session) is refused
                     # as it would be anywhere, not reported as a would-be refusal.

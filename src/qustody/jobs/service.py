@@ -365,9 +365,10 @@ class JobService:
         # events, as Core inserts on a bare connection (the ORM's unit of
         # work costs more than the rest of a submission).
         try:
+            pending = self._prepare(caller, job, backend.info, admitted) if refusal is None else []
             with self._db.writing() as connection:
-                if refusal is None and self.admission:
-                    self._admit(connection, caller, job, backend.info, admitted)
+                if pending:
+                    self._admit(connection, caller, job, backend.info, admitted, pending)
                 if refusal is None and held is not None and spec.approval is not None:
                     job.approval_id = hold_job(
                         connection,
@@ -416,6 +417,27 @@ class JobService:
             self._notifier.notify()
         return result
 
+    def _prepare(
+        self, caller: Principal, job: m.Job, backend: BackendInfo, admitted: Admitted
+    ) -> list[AdmissionCheck]:
+        """The governance checks' first step, before the write transaction
+        (see :mod:`qustody.governance.admission`): those that must still run
+        in it. The values they set (``estimated_cost``) go on the job."""
+        if not self.admission:
+            return []
+        submission = _submission(caller, job, backend)
+        try:
+            with self._db.reading() as connection:
+                pending = [
+                    check
+                    for check in self.admission
+                    if check.prepare(connection, submission, admitted)
+                ]
+        finally:
+            for column, value in admitted.values.items():
+                setattr(job, column, value)
+        return pending
+
     def _admit(
         self,
         connection: Connection,
@@ -423,22 +445,12 @@ class JobService:
         job: m.Job,
         backend: BackendInfo,
         admitted: Admitted,
+        checks: list[AdmissionCheck],
     ) -> None:
-        """Run the governance checks on ``job`` inside its insert's transaction;
-        the values they set (``estimated_cost``) go on the job."""
-        submission = Submission(
-            caller=caller,
-            tenant_id=job.tenant_id,
-            project_id=job.project_id,
-            backend=backend,
-            shots=job.shots,
-            num_qubits=job.num_qubits,
-            priority=job.priority,
-            session_id=job.session_id,
-            at=job.created_at,
-            state=job.state,
-        )
-        for check in self.admission:
+        """Run the governance ``checks`` on ``job`` inside its insert's
+        transaction; the values they set go on the job."""
+        submission = _submission(caller, job, backend)
+        for check in checks:
             check.admit(connection, submission, admitted)
         for column, value in admitted.values.items():
             setattr(job, column, value)
@@ -725,6 +737,22 @@ class JobService:
             clbit_registers=[(str(n), int(s)) for n, s in data["clbit_registers"]],
             metadata=dict(data["metadata"]),
         )
+
+
+def _submission(caller: Principal, job: m.Job, backend: BackendInfo) -> Submission:
+    """What the governance checks know of ``job``."""
+    return Submission(
+        caller=caller,
+        tenant_id=job.tenant_id,
+        project_id=job.project_id,
+        backend=backend,
+        shots=job.shots,
+        num_qubits=job.num_qubits,
+        priority=job.priority,
+        session_id=job.session_id,
+        at=job.created_at,
+        state=job.state,
+    )
 
 
 def _metadata_bytes(spec: SubmitRequest) -> bytes | None:
