@@ -56,3 +56,21 @@ def test_sessions_pauses_and_queues_end_to_end(gateway: Gateway, http: httpx.Cli
     after = http.post("/v1/jobs", json=job | {"session": session_id}, headers=auth(dev))
     assert after.status_code == 409
     assert after.json()["code"] == "session_closed"
+
+
+def test_an_operator_sets_a_tenants_fair_queuing_weight(
+    gateway: Gateway, http: httpx.Client
+) -> None:
+    refused = qustody(gateway, None, "admin", "share", "--tenant", "acme", "--weight", "0")
+    assert refused.returncode != 0
+    assert "between 1 and 1000" in refused.stderr
+    missing = qustody(gateway, None, "admin", "share", "--tenant", "nobody", "--weight", "2")
+    assert missing.returncode != 0
+    assert "no tenant named 'nobody'" in missing.stderr
+
+    shared = qustody(gateway, None, "admin", "share", "--tenant", "acme", "--weight", "3")
+    assert shared.returncode == 0, shared.stderr
+    admin = auth(gateway.tenant_admin_token)
+    page = http.get("/v1/audit/events", params={"action": "queue:share"}, headers=admin).json()
+    recorded = [(i["event"]["actor_id"], i["event"]["reason"]) for i in page["items"]]
+    assert ("cli:operator", "weight=3") in recorded

@@ -303,6 +303,42 @@ def admin_token(principal_name: str, tenant: str, data_dir: Path | None) -> None
     click.echo(token.token)
 
 
+@admin.command("share")
+@click.option("--tenant", required=True, help="Tenant name or id.")
+@click.option("--weight", type=int, required=True, help="Fair-queuing weight, 1-1000 (default 1).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def admin_share(tenant: str, weight: int, data_dir: Path | None) -> None:
+    """Give a tenant a share of the backends: over a busy period its jobs
+    start WEIGHT times as often as a weight-1 tenant's (audited as queue:share)."""
+    from sqlalchemy import select
+
+    from qustody.api.app import build_runtime
+    from qustody.audit.recorder import Actor
+    from qustody.domain.errors import QustodyError
+    from qustody.governance.backends import set_share
+    from qustody.storage import models as m
+    from qustody.storage.db import SYSTEM
+
+    runtime = build_runtime(_settings(data_dir=data_dir))
+    try:
+        db = runtime.services.db
+        with db.reading(scope=SYSTEM) as connection:
+            tenant_id = connection.execute(
+                select(m.TENANTS.c.id).where(
+                    (m.TENANTS.c.name == tenant) | (m.TENANTS.c.id == tenant)
+                )
+            ).scalar()
+        if tenant_id is None:
+            raise click.ClickException(f"no tenant named {tenant!r}")
+        try:
+            set_share(db, tenant_id, weight, actor=Actor.system("cli:operator"))
+        except QustodyError as error:
+            raise click.ClickException(error.detail) from error
+    finally:
+        runtime.close()
+    click.echo(f"tenant {tenant}: fair-queuing weight {weight}", err=True)
+
+
 # -- tenants, projects, members, tokens -----------------------------------------------
 
 

@@ -406,7 +406,7 @@ MAX_WEIGHT = 1000
 def set_share(db: Database, tenant_id: str, weight: int, *, actor: Actor) -> None:
     """Give ``tenant_id`` a fair-queuing ``weight`` (default 1): over a busy
     period its jobs start ``weight`` times as often as a weight-1 tenant's.
-    An operator action (``qustody queue share``), recorded as ``queue:share``."""
+    An operator action (``qustody admin share``), recorded as ``queue:share``."""
     if not 1 <= weight <= MAX_WEIGHT:
         raise InvalidRequest(
             f"weight is {weight}; it must be between 1 and {MAX_WEIGHT} (1 is everyone's "
