@@ -807,7 +807,12 @@ class _Supervision:
 
     def _send(self, outgoing: memoryview) -> memoryview:
         """Write what the socket takes now; the rest is returned."""
+        before = 0
         while outgoing:
+            # Stamped before the write that completes the request: the child
+            # may read it (and stamp request_read) before this thread runs
+            # again, so a stamp taken after the write could come later.
+            before = time.perf_counter_ns()
             try:
                 sent = os.write(self.fd, outgoing[: 1 << 16])
             except BlockingIOError:
@@ -815,7 +820,8 @@ class _Supervision:
             except OSError:  # the child is gone; its exit status says why
                 return memoryview(b"")
             outgoing = outgoing[sent:]
-        self._stamp("request_sent")
+        if self.stamps is not None and before:
+            self.stamps.append(("request_sent", before))
         return outgoing
 
     def run(
