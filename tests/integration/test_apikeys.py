@@ -292,3 +292,33 @@ def test_the_maximum_lifetime_setting_is_enforced(tmp_path: Path, database_url: 
         assert principal.dpop_jkt is None
     finally:
         runtime.close()
+
+
+def test_a_key_expires_by_the_runtimes_clock(tmp_path: Path, database_url: str) -> None:
+    from qustody.api.app import build_runtime
+    from qustody.domain.clock import ManualClock
+    from qustody.domain.errors import QustodyError
+    from support import ctx, make_settings, seed
+
+    clock = ManualClock(datetime.now(UTC))
+    runtime = build_runtime(make_settings(tmp_path, database_url), clock=clock)
+    try:
+        tenancy = seed(runtime)
+        service = runtime.services.api_keys
+        made = service.create(
+            tenancy.tenant_admin,
+            ctx(),
+            principal_name="acme-dev",
+            name="k",
+            scopes=None,
+            expires_in_days=2,
+        )
+        assert made.info.expires_at == clock.now() + timedelta(days=2)
+        clock.advance(days=2, seconds=-1)
+        assert service.authenticate(made.key).name == "acme-dev"
+        clock.advance(1)
+        with pytest.raises(QustodyError) as caught:
+            service.authenticate(made.key)
+        assert caught.value.code == "expired_token"
+    finally:
+        runtime.close()

@@ -21,7 +21,7 @@ import secrets
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, or_, select, update
 
@@ -218,7 +218,7 @@ class ApiKeyService:
                 field="principal",
             )
         key = generate()
-        now = datetime.now(UTC)
+        now = self._clock.now()
         row = m.ApiKey(
             id=new_id("apk"),
             tenant_id=caller.tenant_id,
@@ -296,7 +296,7 @@ class ApiKeyService:
         if found is None:
             raise not_found("apikey", key_id[:64])
         key, principal_name = found
-        now = datetime.now(UTC)
+        now = self._clock.now()
         with self._db.write() as session:
             session.execute(
                 update(m.ApiKey)
@@ -336,7 +336,7 @@ class ApiKeyService:
                 "the credential starts with 'qst_' but is not a Qustody API key (its checksum "
                 "does not match); copy the whole key as it was shown when created."
             )
-        now = datetime.now(UTC)
+        now = self._clock.now()
         # The tenant is known only once the key is found.
         with self._db.reading(scope=SYSTEM) as connection:
             row = connection.execute(_KEY_AND_PRINCIPAL, {"digest": digest(key)}).one_or_none()
