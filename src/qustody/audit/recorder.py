@@ -165,8 +165,10 @@ def record(
     approval_id: str | None = None,
     payload_sha256: str | None = None,
     reason: str | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Append one event in the session's transaction."""
+    """Append one event in the session's transaction (``at``: when it
+    happened, by the caller's clock; the system clock when omitted)."""
     record_rows(
         session,
         [
@@ -181,6 +183,7 @@ def record(
                 approval_id=approval_id,
                 payload_sha256=payload_sha256,
                 reason=reason,
+                at=at,
             )
         ],
     )

@@ -41,7 +41,7 @@ from typing import Literal
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from qustody.audit.recorder import Actor, Target, event_row, record_rows
+from qustody.audit.recorder import Actor, Target, event_row, record, record_rows
 from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import Conflict, InvalidRequest
 from qustody.domain.ids import PrincipalId, ProjectId, TenantId, looks_like_id, new_id
@@ -226,23 +226,19 @@ def insert_request(
         "duration_seconds": duration_seconds,
     }
     connection.execute(insert(_REQUESTS), values)
-    record_rows(
+    record(
         connection,
-        [
-            event_row(
-                Action.APPROVAL_REQUEST,
-                actor=Actor.of(caller),
-                target=Target("approval", str(values["id"]), caller.tenant_id),
-                request=request,
-                approval_id=str(values["id"]),
-                job_id=job_id,
-                reason=(
-                    f"{action.value} on {resource.type} {resource.id}; needs {need.approvers}; "
-                    f"ticket={justification.ticket}; {justification.reason}"
-                ),
-                at=at,
-            )
-        ],
+        Action.APPROVAL_REQUEST,
+        actor=Actor.of(caller),
+        target=Target("approval", str(values["id"]), caller.tenant_id),
+        request=request,
+        approval_id=str(values["id"]),
+        job_id=job_id,
+        reason=(
+            f"{action.value} on {resource.type} {resource.id}; needs {need.approvers}; "
+            f"ticket={justification.ticket}; {justification.reason}"
+        ),
+        at=at,
     )
     return values
 
@@ -286,18 +282,14 @@ def withdraw_job(connection: Connection, approval_id: str, actor: Actor, at: dat
         tenant_id = connection.execute(
             select(_REQUESTS.c.tenant_id).where(_REQUESTS.c.id == approval_id)
         ).scalar_one()
-        record_rows(
+        record(
             connection,
-            [
-                event_row(
-                    Action.APPROVAL_CANCEL,
-                    actor=actor,
-                    target=Target("approval", approval_id, tenant_id),
-                    approval_id=approval_id,
-                    reason="the held job was cancelled",
-                    at=at,
-                )
-            ],
+            Action.APPROVAL_CANCEL,
+            actor=actor,
+            target=Target("approval", approval_id, tenant_id),
+            approval_id=approval_id,
+            reason="the held job was cancelled",
+            at=at,
         )
 
 
@@ -348,20 +340,16 @@ def _job_to(
         JobState.REJECTED: Action.JOB_REJECT,
         JobState.CANCELLED: Action.JOB_CANCEL,
     }[to]
-    record_rows(
+    record(
         connection,
-        [
-            event_row(
-                event,
-                actor=actor,
-                outcome="success" if to is JobState.QUEUED else "failure",
-                target=Target("job", job_id, tenant_id),
-                job_id=job_id,
-                approval_id=approval_id,
-                reason=reason,
-                at=at,
-            )
-        ],
+        event,
+        actor=actor,
+        outcome="success" if to is JobState.QUEUED else "failure",
+        target=Target("job", job_id, tenant_id),
+        job_id=job_id,
+        approval_id=approval_id,
+        reason=reason,
+        at=at,
     )
     return True
 
@@ -748,19 +736,15 @@ class ApprovalService:
                     "request can be withdrawn.",
                     field="state",
                 )
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.APPROVAL_CANCEL,
-                        actor=actor,
-                        target=Target("approval", found.id, found.tenant_id),
-                        decision=decision,
-                        request=request,
-                        approval_id=found.id,
-                        at=now,
-                    )
-                ],
+                Action.APPROVAL_CANCEL,
+                actor=actor,
+                target=Target("approval", found.id, found.tenant_id),
+                decision=decision,
+                request=request,
+                approval_id=found.id,
+                at=now,
             )
             if found.kind == "job":
                 _job_to(
@@ -822,28 +806,22 @@ class ApprovalService:
                     .where(_REQUESTS.c.id == row.id, _REQUESTS.c.state == "approved")
                     .values(state="used", used_at=now)
                 )
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.APPROVAL_USE,
-                        actor=Actor.of(principal),
-                        outcome="denied" if problem else "success",
-                        # A reference to nothing of the caller's tenant is not
-                        # written down: it may be another tenant's id.
-                        target=Target(
-                            "approval", row.id if row is not None else None, principal.tenant_id
-                        ),
-                        request=request,
-                        approval_id=row.id if row is not None else None,
-                        reason=(
-                            "no approval by that reference is visible to the caller"
-                            if row is None
-                            else problem or f"{action.value} on {resource.type} {resource.id}"
-                        ),
-                        at=now,
-                    )
-                ],
+                Action.APPROVAL_USE,
+                actor=Actor.of(principal),
+                outcome="denied" if problem else "success",
+                # A reference to nothing of the caller's tenant is not
+                # written down: it may be another tenant's id.
+                target=Target("approval", row.id if row is not None else None, principal.tenant_id),
+                request=request,
+                approval_id=row.id if row is not None else None,
+                reason=(
+                    "no approval by that reference is visible to the caller"
+                    if row is None
+                    else problem or f"{action.value} on {resource.type} {resource.id}"
+                ),
+                at=now,
             )
         if problem is not None:
             raise ApprovalInvalid(
@@ -925,18 +903,14 @@ class ApprovalService:
             connection.execute(
                 update(_REQUESTS).where(_REQUESTS.c.id == row.id).values(state="expired")
             )
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.APPROVAL_EXPIRE,
-                        actor=system,
-                        target=Target("approval", row.id, row.tenant_id),
-                        approval_id=row.id,
-                        reason=f"{row.state} request expired at {utc(row.expires_at).isoformat()}",
-                        at=now,
-                    )
-                ],
+                Action.APPROVAL_EXPIRE,
+                actor=system,
+                target=Target("approval", row.id, row.tenant_id),
+                approval_id=row.id,
+                reason=f"{row.state} request expired at {utc(row.expires_at).isoformat()}",
+                at=now,
             )
             if row.kind == "job":
                 _job_to(
@@ -965,21 +939,17 @@ def _expire_grants(connection: Connection, ids: Sequence[str], now: datetime) ->
         )
         if not done.rowcount:
             continue
-        record_rows(
+        record(
             connection,
-            [
-                event_row(
-                    Action.ELEVATION_EXPIRE,
-                    actor=Actor("system"),
-                    target=Target("grant", row.id, row.tenant_id),
-                    approval_id=row.approval_id,
-                    reason=(
-                        f"{'break-glass ' if row.breakglass else ''}{row.role} of "
-                        f"{row.principal_id} ended at {utc(row.expires_at).isoformat()}"
-                    ),
-                    at=now,
-                )
-            ],
+            Action.ELEVATION_EXPIRE,
+            actor=Actor("system"),
+            target=Target("grant", row.id, row.tenant_id),
+            approval_id=row.approval_id,
+            reason=(
+                f"{'break-glass ' if row.breakglass else ''}{row.role} of "
+                f"{row.principal_id} ended at {utc(row.expires_at).isoformat()}"
+            ),
+            at=now,
         )
         count += 1
     return count

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from qustody.audit.recorder import Actor, Target, event_row, record_rows
+from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import Conflict, InvalidRequest
 from qustody.domain.ids import looks_like_id
@@ -124,22 +124,18 @@ class BreakGlassService:
                 },
                 at=now,
             )
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.BREAKGLASS_INVOKE,
-                        actor=Actor.of(caller),
-                        target=Target("grant", grant_id, caller.tenant_id),
-                        decision=decision,
-                        request=request,
-                        reason=(
-                            f"{wanted.value} for {duration_seconds}s; alert {alert_id}; "
-                            f"review required; {reason}"
-                        ),
-                        at=now,
-                    )
-                ],
+                Action.BREAKGLASS_INVOKE,
+                actor=Actor.of(caller),
+                target=Target("grant", grant_id, caller.tenant_id),
+                decision=decision,
+                request=request,
+                reason=(
+                    f"{wanted.value} for {duration_seconds}s; alert {alert_id}; "
+                    f"review required; {reason}"
+                ),
+                at=now,
             )
             row = connection.execute(select(_GRANTS).where(_GRANTS.c.id == grant_id)).one()
         return grant_view(row, now)
@@ -177,19 +173,15 @@ class BreakGlassService:
             )
             if not done.rowcount:
                 raise Conflict(f"break-glass {row.id} was reviewed already.", field="grant")
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.BREAKGLASS_REVIEW,
-                        actor=Actor.of(caller),
-                        target=Target("grant", row.id, row.tenant_id),
-                        decision=decision,
-                        request=request,
-                        reason=notes[:400],
-                        at=now,
-                    )
-                ],
+                Action.BREAKGLASS_REVIEW,
+                actor=Actor.of(caller),
+                target=Target("grant", row.id, row.tenant_id),
+                decision=decision,
+                request=request,
+                reason=notes[:400],
+                at=now,
             )
             fresh = connection.execute(select(_GRANTS).where(_GRANTS.c.id == row.id)).one()
         return grant_view(fresh, now)

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection, Row
 
-from qustody.audit.recorder import Actor, Target, event_row, record_rows
+from qustody.audit.recorder import Actor, Target, record
 from qustody.domain.clock import SYSTEM_CLOCK, Clock
 from qustody.domain.errors import Conflict, InvalidRequest
 from qustody.domain.ids import PrincipalId, ProjectId, TenantId, looks_like_id, new_id
@@ -234,22 +234,18 @@ class ElevationService:
             starts_at=at,
             duration_seconds=int(row.duration_seconds or 0),
         )
-        record_rows(
+        record(
             connection,
-            [
-                event_row(
-                    Action.ELEVATION_ACTIVATE,
-                    actor=actor,
-                    target=Target("grant", str(values["id"]), row.tenant_id),
-                    approval_id=row.id,
-                    reason=(
-                        f"{row.role} for {row.requester_id} on "
-                        f"{row.project_id or 'the tenant'} until "
-                        f"{values['expires_at'].isoformat()}"  # type: ignore[attr-defined]
-                    ),
-                    at=at,
-                )
-            ],
+            Action.ELEVATION_ACTIVATE,
+            actor=actor,
+            target=Target("grant", str(values["id"]), row.tenant_id),
+            approval_id=row.id,
+            reason=(
+                f"{row.role} for {row.requester_id} on "
+                f"{row.project_id or 'the tenant'} until "
+                f"{values['expires_at'].isoformat()}"  # type: ignore[attr-defined]
+            ),
+            at=at,
         )
 
     def listing(
@@ -308,19 +304,15 @@ class ElevationService:
                 raise Conflict(
                     f"grant {row.id} has already ended (revoked or expired).", field="grant"
                 )
-            record_rows(
+            record(
                 connection,
-                [
-                    event_row(
-                        Action.ELEVATION_REVOKE,
-                        actor=Actor.of(caller),
-                        target=Target("grant", row.id, row.tenant_id),
-                        decision=decision,
-                        request=request,
-                        approval_id=row.approval_id,
-                        at=now,
-                    )
-                ],
+                Action.ELEVATION_REVOKE,
+                actor=Actor.of(caller),
+                target=Target("grant", row.id, row.tenant_id),
+                decision=decision,
+                request=request,
+                approval_id=row.approval_id,
+                at=now,
             )
             fresh = connection.execute(select(_GRANTS).where(_GRANTS.c.id == row.id)).one()
         return grant_view(fresh, now)
