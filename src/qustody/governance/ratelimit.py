@@ -32,7 +32,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from qustody.audit.recorder import Actor, Target, record
+from qustody.audit.recorder import Actor, Target, Transaction, record
 from qustody.domain.clock import Clock
 from qustody.domain.errors import QustodyError
 from qustody.domain.models import Principal, RequestContext
@@ -250,7 +250,7 @@ class DatabaseBuckets:
 
 
 def _record_refusal(
-    transaction: object,
+    transaction: Transaction,
     limit: Limit,
     actor: Actor,
     tenant_id: str | None,
@@ -259,7 +259,7 @@ def _record_refusal(
     """``ratelimit:exceed``: which limit, never the key's value (an account
     name, an address: the request context carries the address)."""
     record(
-        transaction,  # type: ignore[arg-type]
+        transaction,
         Action.RATELIMIT_EXCEED,
         actor=actor,
         outcome="denied",
